@@ -1,0 +1,1 @@
+"""mlpipe core: typed config in, arrays/models/reports out. No Prefect here."""

@@ -1,0 +1,266 @@
+"""Ingest: a source URI -> the prepared dataset (stratified split, float32 X, int64 y, meta).
+
+Prepared layout (the contract every later stage reads):
+    X_train.npy (N, *feature_shape) float32   y_train.npy (N,) int64
+    X_test.npy                                y_test.npy
+    meta.json  source, kind, feature_shape, classes, counts, value_range, content_hash
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from components.config import DataConfig
+from components.errors import DataError
+from components.fileio import atomic_dir
+
+SKLEARN_SETS = ("digits", "breast_cancer", "wine", "iris")
+SCHEMES = ("sklearn", "npz", "imagefolder", "csv", "parquet")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+MIN_PER_CLASS = 3  # one each for train, validation and test
+
+
+@dataclass
+class Raw:
+    X: np.ndarray  # (N, *feature_shape) float32
+    labels: np.ndarray  # (N,) original labels, any dtype
+    kind: str  # "image" | "tabular"
+    value_range: tuple[float, float] | None  # known range of X values, None = unknown
+    feature_names: list[str] | None = None
+
+
+@dataclass
+class Meta:
+    source: str
+    kind: str
+    feature_shape: list[int]
+    classes: list[str]
+    n_train: int
+    n_test: int
+    class_counts: dict[str, int]  # train split
+    value_range: list[float] | None
+    content_hash: str
+    seed: int
+    test_size: float
+    feature_names: list[str] | None = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class Prepared:
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    meta: Meta = field(repr=False)
+
+
+def dataset_name(source: str) -> str:
+    """'sklearn:digits' -> 'digits'; 'csv:data/raw/churn.csv' -> 'churn'."""
+    scheme, _, rest = source.partition(":")
+    return rest if scheme == "sklearn" else Path(rest.rstrip("/")).stem or scheme
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    scheme, sep, rest = source.partition(":")
+    if not sep or scheme not in SCHEMES or not rest:
+        raise DataError(
+            f"data.source: unknown source {source!r}; expected one of "
+            + ", ".join(f"{s}:..." for s in SCHEMES)
+        )
+    if scheme == "sklearn" and rest not in SKLEARN_SETS:
+        raise DataError(f"data.source: unknown sklearn dataset {rest!r}; expected one of {', '.join(SKLEARN_SETS)}")
+    return scheme, rest
+
+
+def _need_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{path}: {what} not found")
+    return path
+
+
+def load_sklearn(name: str) -> Raw:
+    from sklearn import datasets
+
+    if name == "digits":
+        d = datasets.load_digits()
+        return Raw(d.images.astype(np.float32)[:, None], d.target, "image", (0.0, 16.0))  # (N, 1, 8, 8)
+    d = getattr(datasets, f"load_{name}")()
+    names = [str(c) for c in d.target_names]
+    return Raw(d.data.astype(np.float32), np.array(names)[d.target], "tabular", None, list(map(str, d.feature_names)))
+
+
+def load_npz(path: Path) -> Raw:
+    try:
+        with np.load(_need_file(path, "npz file"), allow_pickle=False) as z:
+            missing = {"X", "y"} - set(z.files)
+            if missing:
+                raise DataError(f"{path}: missing array(s) {sorted(missing)}; found {sorted(z.files)}")
+            X, y = z["X"], z["y"]
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    if X.ndim not in (2, 3, 4):
+        raise DataError(f"{path}: X must be (N, F), (N, H, W) or (N, C, H, W); got shape {X.shape}")
+    if len(X) != len(y):
+        raise DataError(f"{path}: X has {len(X)} rows but y has {len(y)}")
+    if not np.issubdtype(X.dtype, np.number):
+        raise DataError(f"{path}: X must be numeric, got dtype {X.dtype}")
+    X = X.astype(np.float32)
+    if X.ndim == 3:
+        X = X[:, None]
+    return Raw(X, y, "tabular" if X.ndim == 2 else "image", None)
+
+
+def read_image(path: Path, size: tuple[int, int], grayscale: bool) -> np.ndarray:
+    """One PNG/JPEG -> (C, H, W) float32 in [0, 1]; a truncated or corrupt file names itself."""
+    from PIL import Image, UnidentifiedImageError
+
+    h, w = size
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes fully: a truncated file fails here, not later
+            arr = np.asarray(im.convert("L" if grayscale else "RGB").resize((w, h), Image.BILINEAR), np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: unreadable or corrupt image ({e})") from None
+    return arr[None] if grayscale else arr.transpose(2, 0, 1)
+
+
+def load_imagefolder(root: Path, size: tuple[int, int], grayscale: bool) -> Raw:
+    _need_file(root, "image folder")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not class_dirs:
+        raise DataError(f"{root}: no class sub-folders (expected one folder of images per class)")
+    images, labels = [], []
+    for d in class_dirs:
+        for f in sorted(d.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(read_image(f, size, grayscale))
+                labels.append(d.name)
+    if not images:
+        raise DataError(f"{root}: no PNG/JPEG images found in {len(class_dirs)} class folders")
+    return Raw(np.stack(images), np.array(labels), "image", (0.0, 1.0))
+
+
+def load_table(scheme: str, path: Path, label_column: str) -> Raw:
+    import pandas as pd
+
+    _need_file(path, f"{scheme} file")
+    try:
+        df = pd.read_csv(path) if scheme == "csv" else pd.read_parquet(path)
+    except Exception as e:  # pandas/pyarrow raise many types for unreadable files
+        raise DataError(f"{path}: cannot read as {scheme} ({type(e).__name__}: {e})") from None
+    if label_column not in df.columns:
+        raise DataError(
+            f"{path}: label column {label_column!r} (data.label_column) not found; columns are {list(df.columns)}"
+        )
+    features = df.drop(columns=[label_column])
+    bad = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if bad:
+        raise DataError(f"{path}: feature columns must be numeric; not numeric: {bad}")
+    if df[label_column].isna().any():
+        rows = df.index[df[label_column].isna()].tolist()[:5]
+        raise DataError(f"{path}: label column {label_column!r} has missing values (rows {rows})")
+    return Raw(features.to_numpy(np.float32), df[label_column].to_numpy(), "tabular", None, list(map(str, features.columns)))
+
+
+def load_source(cfg: DataConfig) -> Raw:
+    scheme, rest = parse_source(cfg.source)
+    if scheme == "sklearn":
+        raw = load_sklearn(rest)
+    elif scheme == "npz":
+        raw = load_npz(Path(rest))
+    elif scheme == "imagefolder":
+        raw = load_imagefolder(Path(rest), tuple(cfg.image_size), cfg.grayscale)
+    else:
+        raw = load_table(scheme, Path(rest), cfg.label_column)
+    if len(raw.X) == 0:
+        raise DataError(f"{cfg.source}: dataset is empty (0 rows)")
+    return raw
+
+
+def encode_labels(labels: np.ndarray, classes: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    """Labels -> int64 codes. With a declared class list, an unknown label becomes -1 so that
+    validation reports it; without one, the classes are the sorted distinct labels."""
+    as_str = np.array([str(v) for v in labels])
+    if classes is None:
+        uniq = np.unique(labels)
+        classes = [str(v) for v in uniq]
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index.get(s, -1) for s in as_str], dtype=np.int64), list(classes)
+
+
+def content_hash(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def split(raw: Raw, cfg: DataConfig, seed: int, classes: list[str] | None = None) -> Prepared:
+    from sklearn.model_selection import train_test_split
+
+    y, classes = encode_labels(raw.labels, classes)
+    known = y >= 0
+    counts = np.bincount(y[known], minlength=len(classes))
+    too_few = {classes[i]: int(c) for i, c in enumerate(counts) if c < MIN_PER_CLASS}
+    if too_few:
+        raise DataError(
+            f"{cfg.source}: class(es) with too few samples for a train/validation/test split "
+            f"(need at least {MIN_PER_CLASS}): {too_few}"
+        )
+    if len(classes) < 2:
+        raise DataError(f"{cfg.source}: need at least 2 classes, found {classes}")
+    try:
+        Xtr, Xte, ytr, yte = train_test_split(raw.X, y, test_size=cfg.test_size, random_state=seed, stratify=y)
+    except ValueError as e:
+        raise DataError(f"{cfg.source}: cannot split with data.test_size={cfg.test_size}: {e}") from None
+    meta = Meta(
+        source=cfg.source,
+        kind=raw.kind,
+        feature_shape=list(raw.X.shape[1:]),
+        classes=classes,
+        n_train=len(ytr),
+        n_test=len(yte),
+        class_counts={c: int((ytr == i).sum()) for i, c in enumerate(classes)},
+        value_range=list(raw.value_range) if raw.value_range else None,
+        content_hash=content_hash(Xtr, ytr, Xte, yte),
+        seed=seed,
+        test_size=cfg.test_size,
+        feature_names=raw.feature_names,
+    )
+    return Prepared(Xtr, ytr, Xte, yte, meta)
+
+
+def ingest(cfg: DataConfig, seed: int, classes: list[str] | None = None) -> Prepared:
+    return split(load_source(cfg), cfg, seed, classes)
+
+
+def save_prepared(ds: Prepared, out: Path) -> None:
+    with atomic_dir(out) as tmp:
+        for name in ("X_train", "y_train", "X_test", "y_test"):
+            np.save(tmp / f"{name}.npy", getattr(ds, name))
+        (tmp / "meta.json").write_text(json.dumps(asdict(ds.meta), indent=2) + "\n")
+
+
+def load_meta(folder: Path) -> Meta:
+    path = Path(folder) / "meta.json"
+    if not path.exists():
+        raise DataError(f"{path}: prepared dataset not found (run the ingest stage first)")
+    return Meta(**json.loads(path.read_text()))
+
+
+def load_prepared(folder: Path, mmap: bool = False) -> Prepared:
+    folder = Path(folder)
+    meta = load_meta(folder)
+    mode = "r" if mmap else None
+    arrays = {n: np.load(folder / f"{n}.npy", mmap_mode=mode, allow_pickle=False) for n in ("X_train", "y_train", "X_test", "y_test")}
+    return Prepared(meta=meta, **arrays)

@@ -1,0 +1,118 @@
+"""Models: a small CNN for images, an MLP for tabular data. A model saves and loads itself
+with its constructor arguments, so the registry and serving never rebuild it by hand."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from components.config import ModelConfig
+from components.errors import MlpipeError
+from components.fileio import atomic_file
+
+FORMAT = "mlpipe.model/1"
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std with statistics fitted on training data, kept as buffers so they
+    travel with the weights. Images: one value per channel; tabular: one per feature."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("std", torch.ones(shape))
+
+    def fit(self, X: np.ndarray) -> None:
+        x = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        dims = (0, 2, 3) if x.ndim == 4 else (0,)
+        mean, std = x.mean(dim=dims), x.std(dim=dims)
+        self.mean.copy_(mean.reshape(self.mean.shape))
+        self.std.copy_(std.clamp_min(1e-6).reshape(self.std.shape))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class CNN(nn.Module):
+    def __init__(self, in_shape, n_classes, channels=(32, 64), hidden=(128,), dropout=0.2):
+        super().__init__()
+        c, h, w = in_shape
+        self.norm = Standardize((1, c, 1, 1))
+        layers = []
+        for width in channels:
+            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                       nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            if min(h, w) >= 2:
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            c = width
+        self.features = nn.Sequential(*layers)
+        head, d = [nn.Flatten()], c * h * w
+        for width in hidden:
+            head += [nn.Dropout(dropout), nn.Linear(d, width), nn.ReLU(inplace=True)]
+            d = width
+        head += [nn.Dropout(dropout), nn.Linear(d, n_classes)]
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x):  # (B, C, H, W) -> (B, n_classes) logits
+        return self.head(self.features(self.norm(x)))
+
+
+class MLP(nn.Module):
+    def __init__(self, in_shape, n_classes, hidden=(128,), dropout=0.2):
+        super().__init__()
+        d = math.prod(in_shape)
+        self.norm = Standardize((d,))
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width in hidden:
+            layers += [nn.Linear(d, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            d = width
+        layers.append(nn.Linear(d, n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):  # (B, *in_shape) -> (B, n_classes) logits
+        return self.net(self.norm(x.flatten(1)))
+
+
+ARCHS = {"cnn": CNN, "mlp": MLP}
+
+
+def model_args(cfg: ModelConfig, feature_shape, n_classes: int, kind: str) -> dict:
+    arch = cfg.kind if cfg.kind != "auto" else ("cnn" if kind == "image" else "mlp")
+    if arch == "cnn" and len(feature_shape) != 3:
+        raise MlpipeError(f"model.kind: cnn needs image data (C, H, W); this dataset has feature shape {list(feature_shape)}")
+    args = {"in_shape": list(feature_shape), "n_classes": int(n_classes), "hidden": list(cfg.hidden), "dropout": cfg.dropout}
+    if arch == "cnn":
+        args["channels"] = list(cfg.channels)
+    return {"arch": arch, "args": args}
+
+
+def build(spec: dict) -> nn.Module:
+    return ARCHS[spec["arch"]](**spec["args"])
+
+
+def save(model: nn.Module, spec: dict, classes: list[str], path: str | Path) -> None:
+    """Weights + constructor arguments + class names, as plain tensors and builtins only
+    (loadable with weights_only=True)."""
+    payload = {"format": FORMAT, "spec": spec, "classes": list(classes),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    with atomic_file(path) as f:
+        torch.save(payload, f)
+
+
+def load(path: str | Path) -> tuple[nn.Module, dict, list[str]]:
+    """-> (model in eval mode, spec, class names). Never unpickles code."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MlpipeError(f"{path}: model file not found") from None
+    except Exception as e:  # torch raises UnpicklingError/RuntimeError for foreign or torn files
+        raise MlpipeError(f"{path}: not a loadable mlpipe model ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise MlpipeError(f"{path}: not an mlpipe model file (expected format {FORMAT})")
+    model = build(payload["spec"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload["spec"], payload["classes"]

@@ -1,0 +1,136 @@
+"""MLflow run structure: one parent run per pipeline run, a child run per stage.
+
+Only this module and registry.py import mlflow. Compute code gets `metric_logger()`, a plain
+callback, never the mlflow module."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from components.config import TrackingConfig
+
+
+def resolve_uri(cfg: TrackingConfig, root: Path) -> str:
+    """params tracking.uri, else $MLFLOW_TRACKING_URI, else a SQLite file in the project."""
+    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
+
+
+def setup(cfg: TrackingConfig, root: Path) -> str:
+    """Point MLflow at the store and experiment; called once by each entry point."""
+    uri = resolve_uri(cfg, root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.experiment) is None:
+        # a local store keeps artifacts beside the database; a server decides for itself
+        location = (Path(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+        try:
+            mlflow.create_experiment(cfg.experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            pass  # created by a concurrent run
+    mlflow.set_experiment(cfg.experiment)
+    return uri
+
+
+def ui_command(uri: str) -> str:
+    return f"mlflow ui --backend-store-uri {uri}" + (" --port 5000" if uri.startswith("sqlite:") else "")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def start_parent(experiment: str, name: str, tags: dict, config: dict) -> str:
+    """Create the pipeline run (not made active: stages attach to it by id) -> run id."""
+    client = MlflowClient()
+    exp = mlflow.get_experiment_by_name(experiment)
+    run = client.create_run(exp.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
+    rid = run.info.run_id
+    params = flatten(config)
+    client.log_batch(rid, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()])
+    client.log_dict(rid, config, "config.json")
+    return rid
+
+
+def end_parent(run_id: str, ok: bool, tags: dict | None = None) -> None:
+    client = MlflowClient()
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, str(v)[:5000])
+    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+@contextmanager
+def stage_run(stage: str, parent_id: str | None, tags: dict | None = None) -> Iterator[str]:
+    """A child run of the pipeline run (or a top-level run when a stage runs alone, as under
+    DVC). A stage that raises leaves its run FAILED."""
+    all_tags = {"mlpipe.stage": stage, **(tags or {})}
+    with mlflow.start_run(run_name=stage, parent_run_id=parent_id, nested=parent_id is not None, tags=all_tags) as run:
+        yield run.info.run_id
+
+
+def log_params(params: dict) -> None:
+    mlflow.log_params({k: v[:6000] for k, v in flatten(params).items()})
+
+
+def log_metrics(metrics: dict, step: int | None = None, run_id: str | None = None) -> None:
+    clean = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
+    if run_id is None:
+        mlflow.log_metrics(clean, step=step)
+    else:
+        client = MlflowClient()
+        for k, v in clean.items():
+            client.log_metric(run_id, k, v, step=step or 0)
+
+
+def metric_logger(prefix: str = ""):
+    """A (metrics, step) callback for compute code: logs to the active run."""
+
+    def log(metrics: dict, step: int) -> None:
+        log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
+
+    return log
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    path = Path(path)
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path=artifact_path or path.name)
+    else:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_dict(obj: dict, name: str) -> None:
+    mlflow.log_dict(obj, name)
+
+
+def set_tags(tags: dict, run_id: str | None = None) -> None:
+    if run_id is None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    else:
+        client = MlflowClient()
+        for k, v in tags.items():
+            client.set_tag(run_id, k, str(v))
+
+
+def log_dataset(X: np.ndarray, y: np.ndarray, name: str, source: str, digest: str, context: str) -> None:
+    """The dataset as an MLflow dataset input of the active run (features flattened)."""
+    ds = mlflow.data.from_numpy(
+        np.asarray(X).reshape(len(X), -1), targets=np.asarray(y), source=source, name=name, digest=digest
+    )
+    mlflow.log_input(ds, context=context)
+
+
+def get_run(run_id: str):
+    return MlflowClient().get_run(run_id)

@@ -1,0 +1,154 @@
+"""The Prefect flow: a short script of stage tasks.
+
+Stage results are cached on (data hash, the config sections the stage reads, the code), so a
+re-run after a failure skips the stages that finished. Register is never cached: it changes
+the registry."""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+
+from components import tracking
+from components.config import Config, load_config
+from components.errors import MlpipeError
+from flows import stages
+from flows.stages import Paths
+
+# the config sections each stage reads: a change elsewhere keeps its cache
+STAGE_CONFIG = {
+    "ingest": ("seed", "data"),
+    "validate": ("validate",),
+    "augment": ("augment",),
+    "train": ("seed", "data", "augment", "model", "train"),
+    "evaluate": (),
+}
+
+
+@cache
+def code_hash() -> str:
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for f in sorted([*(here.parent / "components").glob("*.py"), here / "stages.py"]):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cache_key(stage: str):
+    def key(_ctx, params: dict) -> str:
+        cfg: Config = params["cfg"]
+        d = cfg.to_dict()
+        material = {"stage": stage, "config": {k: d[k] for k in STAGE_CONFIG[stage]},
+                    "upstream": params.get("upstream"), "root": str(params["paths"].root.resolve()), "code": code_hash()}
+        return f"mlpipe-{stage}-" + hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+    return key
+
+
+def _transient(_task, _run, state) -> bool:
+    """Retry IO failures; a user-facing error (bad data, bad config, failed gate) is final."""
+    try:
+        state.result()
+    except MlpipeError:
+        return False
+    except Exception:  # noqa: BLE001
+        return True
+    return False
+
+
+def _stage_task(stage: str, retries: int = 0):
+    opts = dict(name=stage, retries=retries, retry_condition_fn=_transient if retries else None)
+    if stage in STAGE_CONFIG:
+        opts.update(cache_key_fn=_cache_key(stage), persist_result=True)
+    if retries:
+        opts.update(retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_jitter_factor=0.5)
+    return task(**opts)
+
+
+@_stage_task("ingest", retries=2)
+def ingest(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
+    return stages.run_ingest(cfg, paths, parent)
+
+
+@_stage_task("validate")
+def validate(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
+    return stages.run_validate(cfg, paths, parent)
+
+
+@_stage_task("augment")
+def augment(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
+    return stages.run_augment(cfg, paths, parent)
+
+
+@_stage_task("train")
+def train(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
+    return stages.run_train(cfg, paths, parent)
+
+
+@_stage_task("evaluate")
+def evaluate(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
+    return stages.run_evaluate(cfg, paths, parent)
+
+
+@_stage_task("register", retries=2)
+def register(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
+    return stages.run_register(cfg, paths, parent)
+
+
+def _call(t, cfg: Config, paths: Paths, upstream: dict, parent: str, refresh: bool) -> dict:
+    """Run a stage task; a cached result is trusted only while the stage's files exist."""
+    missing = any(not p.exists() for p in paths.outputs(t.name))
+    storage = paths.state / "prefect-results"
+    storage.mkdir(parents=True, exist_ok=True)
+    return t.with_options(refresh_cache=refresh or missing, result_storage=storage)(cfg, paths, upstream, parent)
+
+
+def summarize(out: dict) -> list[tuple[str, str]]:
+    reg, ev = out["register"], out["evaluate"]
+    return [
+        ("data hash", out["ingest"]["data_hash"]),
+        ("validation", f"passed ({out['validate']['expectations']} expectations)"),
+        ("test accuracy", f"{ev['test_accuracy']:.4f}"),
+        ("test macro F1", f"{ev['test_f1_macro']:.4f}"),
+        ("test ROC AUC (ovr)", f"{ev['test_roc_auc_ovr']:.4f}"),
+        ("registered", f"{reg['model_name']} v{reg['version']}"),
+        ("promoted", ("yes: " if reg["promoted"] else "no: ") + "; ".join(reg["reasons"])),
+        ("MLflow run", out["run_id"]),
+        ("MLflow UI", tracking.ui_command(out["tracking_uri"])),
+    ]
+
+
+@flow(name="mlpipe", log_prints=True)
+def pipeline(params: str = "params.yaml", overrides: list[str] | None = None, root: str = ".", refresh: bool = False) -> dict:
+    """ingest -> validate (GX gate) -> augment -> train -> evaluate -> register/promote."""
+    cfg = load_config(params, overrides or [])
+    paths = Paths(Path(root).resolve())
+    uri = tracking.setup(cfg.tracking, paths.root)
+    tags = {**stages.run_tags(cfg, paths), "mlpipe.prefect_flow_run_id": flow_run.get_id() or "none"}
+    parent = tracking.start_parent(cfg.tracking.experiment, f"pipeline-{flow_run.get_name() or 'local'}", tags, cfg.to_dict())
+    out: dict = {"run_id": parent, "tracking_uri": uri}
+    try:
+        out["ingest"] = _call(ingest, cfg, paths, {}, parent, refresh)
+        tracking.set_tags({"mlpipe.data_hash": out["ingest"]["data_hash"], "mlflow.note.content": f"data {out['ingest']['data_hash']}"}, run_id=parent)
+        out["validate"] = _call(validate, cfg, paths, out["ingest"], parent, refresh)
+        out["augment"] = _call(augment, cfg, paths, out["ingest"], parent, refresh)
+        out["train"] = _call(train, cfg, paths, {"data": out["ingest"], "augment": out["augment"]}, parent, refresh)
+        out["evaluate"] = _call(evaluate, cfg, paths, out["train"], parent, refresh)
+        tracking.log_metrics(out["evaluate"], run_id=parent)
+        out["register"] = register(cfg, paths, out["evaluate"], parent)
+    except BaseException as e:
+        tracking.end_parent(parent, ok=False, tags={"mlpipe.error": f"{type(e).__name__}: {e}"})
+        raise
+    reg = out["register"]
+    tracking.end_parent(parent, ok=True, tags={"mlpipe.registered_version": reg["version"], "mlpipe.promoted": reg["promoted"]})
+    rows = summarize(out)
+    create_table_artifact(key="mlpipe-summary", table=[{"item": k, "value": v} for k, v in rows], description="mlpipe run summary")
+    create_markdown_artifact(key="mlpipe-promotion", markdown="\n".join(f"- **{k}**: {v}" for k, v in rows))
+    out["summary"] = rows
+    return out
