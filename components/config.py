@@ -17,6 +17,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     source: str = "sklearn:digits"  # sklearn:NAME | npz:PATH | imagefolder:PATH | csv:PATH | parquet:PATH
     label_column: str = "label"  # csv/parquet only
+    classes: tuple[str, ...] | None = None  # the allowed labels; None: whatever labels the data has
     image_size: tuple[int, int] = (8, 8)  # (H, W) pixels, imagefolder only
     grayscale: bool = True  # imagefolder: 1 channel, else 3
     test_size: float = Field(0.2, gt=0.0, lt=1.0)  # fraction held out for the final test

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,15 @@ def log_model(model_file: Path, example: np.ndarray) -> str:
     wrapper = Classifier()
     wrapper.load_context(type("Ctx", (), {"artifacts": {"model": str(model_file)}})())
     example = np.asarray(example[:5], dtype=np.float32)
-    signature = infer_signature(example, wrapper.predict(None, example))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # hints about integer columns and cloudpickle: see the class docstring
+        signature = infer_signature(example, wrapper.predict(None, example))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _log(model_file, signature, example)
+
+
+def _log(model_file: Path, signature, example) -> str:
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=Classifier(),
@@ -82,6 +91,13 @@ def register(model_uri: str, name: str, tags: dict) -> str:
     """Register a new version -> version number (as a string)."""
     mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     return str(mv.version)
+
+
+def find_version(name: str, tags: dict):
+    """The newest version of `name` carrying all these tags, or None."""
+    where = " and ".join([f"name='{name}'"] + [f"tags.`{k}`='{v}'" for k, v in tags.items()])
+    found = MlflowClient().search_model_versions(where)
+    return max(found, key=lambda v: int(v.version)) if found else None
 
 
 def champion_version(name: str):

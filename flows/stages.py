@@ -6,6 +6,7 @@ An MLflow child run is opened per stage under the pipeline run, or a top-level r
 runs alone (under DVC)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import subprocess
@@ -79,7 +80,7 @@ def git_commit(root: Path) -> str:
 
 def run_ingest(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
     with tracking.stage_run("ingest", parent):
-        ds = data.ingest(cfg.data, cfg.seed)
+        ds = data.ingest(cfg.data, cfg.seed, list(cfg.data.classes) if cfg.data.classes else None)
         data.save_prepared(ds, paths.prepared)
         m = ds.meta
         tracking.log_params({"source": m.source, "kind": m.kind, "feature_shape": m.feature_shape, "n_classes": m.n_classes})
@@ -153,6 +154,7 @@ def run_train(cfg: Config, paths: Paths, parent: str | None = None, progress: bo
         m = ds.meta
         tr, va = train.val_split(ds.y_train, cfg.data.val_size, cfg.seed)
         spec = models.model_args(cfg.model, m.feature_shape, m.n_classes, m.kind)
+        train.seed_everything(cfg.seed)  # weight init is part of the seeded run
         model = models.build(spec)
         train.set_threads(cfg.train.num_threads)
         aug = augment.build_augment(cfg.augment, m.kind, ds.X_train[tr], m.value_range)
@@ -196,16 +198,24 @@ def run_register(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
         ds = data.load_prepared(paths.prepared)
         metrics = json.loads((paths.eval_dir / "metrics.json").read_text())
         name = cfg.promote.model_name or f"mlpipe-{data.dataset_name(ds.meta.source)}"
-        uri = registry.log_model(paths.model_file, ds.X_test[:5])
+        model_hash = hashlib.sha256(paths.model_file.read_bytes()).hexdigest()[:16]
         acc = metrics["test_accuracy"]
-        base_tags = {"mlpipe.run_id": parent or run_id, "mlpipe.data_hash": ds.meta.content_hash,
-                     "mlpipe.git_commit": git_commit(paths.root), "variant": "fp32", "test_accuracy": f"{acc:.6f}"}
         with registry.promotion_lock(paths.state / "promote.lock"):
-            version = registry.register(uri, name, base_tags)
+            existing = registry.find_version(name, {"mlpipe.model_hash": model_hash, "mlpipe.data_hash": ds.meta.content_hash})
+            if existing is not None:  # the same model on the same data (a cached re-run): no duplicate version
+                version, uri = str(existing.version), f"models:/{name}/{existing.version}"
+            else:
+                uri = registry.log_model(paths.model_file, ds.X_test[:5])
+                version = registry.register(uri, name, {
+                    "mlpipe.run_id": parent or run_id, "mlpipe.data_hash": ds.meta.content_hash,
+                    "mlpipe.model_hash": model_hash, "mlpipe.git_commit": git_commit(paths.root),
+                    "variant": "fp32", "test_accuracy": f"{acc:.6f}"})
             current = registry.champion_version(name)
-            champ_acc, champ_v, note = None, None, None
-            if current is not None:
-                champ_v = str(current.version)
+            champ_v = None if current is None else str(current.version)
+            champ_acc, note = None, None
+            if champ_v == version:
+                champ_acc, note = acc, f"v{version} is already the champion"
+            elif champ_v is not None:
                 try:
                     pred = registry.load(f"models:/{name}/{champ_v}").predict(ds.X_test)
                     champ_acc = float((pred["label"].to_numpy() == ds.y_test).mean())
@@ -214,7 +224,7 @@ def run_register(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
             decision = registry.decide(acc, champ_acc, cfg.promote.accuracy_floor, cfg.promote.tolerance)
             if note:
                 decision.reasons.append(note)
-            if decision.promote:
+            if decision.promote and champ_v != version:
                 registry.set_champion(name, version)
             registry.tag_version(name, version, {
                 "mlpipe.decision": "promoted" if decision.promote else "rejected",
