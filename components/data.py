@@ -160,6 +160,8 @@ def load_table(scheme: str, path: Path, label_column: str) -> Raw:
         raise DataError(
             f"{path}: label column {label_column!r} (data.label_column) not found; columns are {list(df.columns)}"
         )
+    if df.empty:
+        raise DataError(f"{path}: dataset is empty (0 rows)")
     features = df.drop(columns=[label_column])
     bad = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if bad:

@@ -1,0 +1,81 @@
+"""Shared fixtures. Every test gets its own MLflow store and Prefect home under tmp_path."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+for k, v in {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GIT_PYTHON_REFRESH": "quiet"}.items():
+    os.environ.setdefault(k, v)
+
+
+def write_params(folder: Path, **sections) -> Path:
+    """params.yaml with the repo's defaults, sections updated (shallowly per section)."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            cfg.setdefault(name, {}).update(values)
+        else:
+            cfg[name] = values
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """An empty project folder with the default params.yaml; cwd is set to it."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
+    return tmp_path
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The real entry point, as a user runs it."""
+    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(cwd / ".prefect"), **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([str(BIN / "mlpipe"), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def make_images(root: Path, n_per_class: int = 12, size: int = 10, classes=("bar", "dot"), rgb=False, seed=0) -> Path:
+    """A tiny image-folder dataset: class 'bar' has a vertical bar, 'dot' a centre blob."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img = rng.integers(0, 40, (size, size)).astype(np.uint8)
+            if c == classes[0]:
+                col = rng.integers(2, size - 2)
+                img[:, col] = 255
+            else:
+                img[size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] = 255
+            im = Image.fromarray(np.stack([img] * 3, -1) if rgb else img)
+            im.save(root / c / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def make_table(n: int = 60, seed: int = 0):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    y = np.repeat(["a", "b", "c"], n // 3)
+    X = rng.normal(size=(n, 4)) + (np.searchsorted(["a", "b", "c"], y)[:, None] * 2.0)
+    df = pd.DataFrame(X, columns=[f"f{i}" for i in range(4)])
+    df["label"] = y
+    return df
