@@ -1,0 +1,134 @@
+"""The real entry point (`mlpipe run`, a real Prefect flow) on a shrunk config, with a temporary
+MLflow store; asserts on the registry and the run structure a user sees in the MLflow UI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import cli, make_images, write_params
+
+pytestmark = pytest.mark.slow
+SHRUNK = ["--set", "train.epochs=3", "--set", "promote.accuracy_floor=0.5"]
+
+
+def client_for(project):
+    import mlflow
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.tracking.MlflowClient()
+
+
+def versions(client, name):
+    return sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+
+
+def test_flow_tracks_registers_promotes_and_survives_bad_input(project):
+    r = cli("run", *SHRUNK, cwd=project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mlpipe-digits v1" in r.stdout and "promoted" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
+
+    client = client_for(project)
+    champ = client.get_model_version_by_alias("mlpipe-digits", "champion")
+    assert str(champ.version) == "1" and champ.tags["mlpipe.decision"] == "promoted" and champ.tags["variant"] == "fp32"
+    meta = json.loads((project / "data/prepared/meta.json").read_text())
+    assert champ.tags["mlpipe.data_hash"] == meta["content_hash"]
+
+    # run structure: one parent, a child per stage, tags and artifacts
+    exp = client.get_experiment_by_name("mlpipe")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    for tag in ("mlpipe.git_commit", "mlpipe.data_hash", "mlpipe.prefect_flow_run_id"):
+        assert parent.data.tags.get(tag) not in (None, "", "none"), tag
+    assert parent.data.params["train.epochs"] == "3"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"ingest", "validate", "augment", "train", "evaluate", "register"}
+    assert len(client.get_metric_history(children["train"].info.run_id, "val_loss")) == 3  # per epoch
+    assert {d.dataset.name for d in children["ingest"].inputs.dataset_inputs} == {"digits-train", "digits-test"}
+    arts = {a.path for a in client.list_artifacts(children["evaluate"].info.run_id, "evaluate")}
+    assert {"evaluate/confusion_matrix.png", "evaluate/learning_curves.png", "evaluate/metrics.json"} <= arts
+    assert client.list_artifacts(children["validate"].info.run_id, "validation")
+
+    # the champion loads into a working classifier that reproduces the evaluated accuracy
+    import mlflow
+
+    model = mlflow.pyfunc.load_model("models:/mlpipe-digits@champion")
+    X = np.load(project / "data/prepared/X_test.npy")
+    y = np.load(project / "data/prepared/y_test.npy")
+    acc = (model.predict(X)["label"].to_numpy() == y).mean()
+    metrics = json.loads((project / "reports/eval/metrics.json").read_text())
+    assert acc == pytest.approx(metrics["test_accuracy"])
+
+    # predict through the CLI
+    np.savez(project / "few.npz", X=X[:4])
+    r = cli("predict", "--model", "models:/mlpipe-digits@champion", "few.npz", cwd=project)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "input,class,confidence" and len(lines) == 5
+
+    # a re-run with nothing changed reuses the cached stages and the registered version
+    r = cli("run", *SHRUNK, cwd=project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Cached" in r.stdout + r.stderr
+    assert versions(client, "mlpipe-digits") == [1]
+
+    # bad input: a corrupt image stops the run, names the file, and changes nothing registered
+    root = make_images(project / "raw")
+    bad = root / "dot" / "003.png"
+    bad.write_bytes(bad.read_bytes()[:50])
+    r = cli("run", *SHRUNK, "--set", f"data.source=imagefolder:{root}", cwd=project)
+    assert r.returncode == 2
+    assert "003.png: unreadable or corrupt image" in r.stderr
+    # NaN features fail the GX gate before training
+    Xn = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    Xn[5, 1] = np.nan
+    np.savez(project / "nan.npz", X=Xn, y=np.repeat([0, 1, 2], 20))
+    r = cli("run", *SHRUNK, "--set", "data.source=npz:nan.npz", "--set", "validate.min_rows_per_class=5", cwd=project)
+    assert r.returncode == 2 and "data validation failed" in r.stderr and "n_nonfinite" in r.stderr
+    # malformed params
+    (project / "broken.yaml").write_text("train: [1\n")
+    r = cli("run", "--params", "broken.yaml", cwd=project)
+    assert r.returncode == 2 and "broken.yaml: malformed YAML at line" in r.stderr
+
+    assert versions(client, "mlpipe-digits") == [1]
+    assert str(client.get_model_version_by_alias("mlpipe-digits", "champion").version) == "1"
+    assert [m.name for m in client.search_registered_models()] == ["mlpipe-digits"]
+    runs_after = client.search_runs([exp.experiment_id])
+    before = {r.info.run_id: r.info.status for r in runs}
+    assert all(r.info.status == before[r.info.run_id] for r in runs_after if r.info.run_id in before)
+    failed = [r for r in runs_after if r.info.run_id not in before and "mlflow.parentRunId" not in r.data.tags and r.info.status == "FAILED"]
+    assert len(failed) == 2 and all("mlpipe.error" in r.data.tags for r in failed)
+
+
+def test_weaker_challenger_is_registered_but_not_promoted(project):
+    r = cli("run", *SHRUNK, cwd=project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # one epoch on a tiny model: registered, rejected by the gate against the re-measured champion
+    r = cli("run", "--set", "train.epochs=1", "--set", "model.channels=[4]", "--set", "model.hidden=[8]",
+            "--set", "promote.accuracy_floor=0.5", "--set", "promote.tolerance=0.0", cwd=project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    client = client_for(project)
+    assert versions(client, "mlpipe-digits") == [1, 2]
+    v2 = client.get_model_version("mlpipe-digits", "2")
+    assert v2.tags["mlpipe.decision"] == "rejected" and "< champion" in v2.tags["mlpipe.reasons"]
+    assert v2.tags["mlpipe.champion_before"] == "1"
+    assert str(client.get_model_version_by_alias("mlpipe-digits", "champion").version) == "1"
+
+
+def test_imagefolder_source_and_image_predict(project):
+    root = make_images(project / "raw", n_per_class=20, size=12, rgb=True)
+    r = cli("run", "--set", f"data.source=imagefolder:{root}", "--set", "data.image_size=[12, 12]",
+            "--set", "data.grayscale=false", "--set", "train.epochs=8", "--set", "validate.min_rows_per_class=5",
+            "--set", "promote.accuracy_floor=0.7", cwd=project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mlpipe-raw v1" in r.stdout
+    r = cli("predict", "--model", "models:/mlpipe-raw@champion", str(root / "dot"), cwd=project)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line.split(",") for line in r.stdout.strip().splitlines()[1:]]
+    assert len(rows) == 20 and sum(c == "dot" for _, c, _ in rows) >= 16
