@@ -1,0 +1,66 @@
+"""Behaviour of a trained digits model: minimum functionality, invariance, direction, seeding."""
+import numpy as np
+import pytest
+import torch
+
+from components import augment, data, evaluate, models, train
+from components.config import load_config
+
+SETS = ["train.epochs=8", "train.patience=8"]
+
+
+def fit_digits(seed=0):
+    cfg = load_config(None, SETS + [f"seed={seed}"])
+    ds = data.ingest(cfg.data, cfg.seed)
+    tr, va = train.val_split(ds.y_train, cfg.data.val_size, cfg.seed)
+    spec = models.model_args(cfg.model, ds.meta.feature_shape, ds.meta.n_classes, ds.meta.kind)
+    train.seed_everything(cfg.seed)
+    model = models.build(spec)
+    aug = augment.build_augment(cfg.augment, "image", ds.X_train[tr], ds.meta.value_range)
+    hist = train.fit(model, ds.X_train[tr], ds.y_train[tr], ds.X_train[va], ds.y_train[va], cfg.train, cfg.seed,
+                     augment=aug, progress=False)
+    return model, ds, hist
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return fit_digits()
+
+
+def proba(model, X):
+    return evaluate.softmax(train.predict_logits(model, X).numpy())
+
+
+def test_minimum_functionality(trained):
+    model, ds, hist = trained
+    assert proba(model, ds.X_test).argmax(1).__eq__(ds.y_test).mean() >= 0.95
+    assert hist.epochs[-1]["train_loss"] < hist.epochs[0]["train_loss"]
+
+
+def test_invariant_to_one_pixel_shift(trained):
+    model, ds, _ = trained
+    shifted = np.roll(ds.X_test, 1, axis=3)
+    shifted[..., 0] = 0
+    same = (proba(model, shifted).argmax(1) == proba(model, ds.X_test).argmax(1)).mean()
+    assert same >= 0.85
+
+
+def test_blank_input_is_less_confident(trained):
+    model, ds, _ = trained
+    real = proba(model, ds.X_test).max(1).mean()
+    blank = proba(model, np.zeros_like(ds.X_test[:20])).max(1).mean()
+    assert blank < real
+
+
+def test_same_seed_same_weights():
+    cfg = load_config(None, ["train.epochs=2"])
+    ds = data.ingest(cfg.data, 0)
+    out = []
+    for _ in range(2):
+        spec = models.model_args(cfg.model, ds.meta.feature_shape, ds.meta.n_classes, ds.meta.kind)
+        train.seed_everything(0)
+        m = models.build(spec)
+        train.fit(m, ds.X_train[:400], ds.y_train[:400], ds.X_train[400:500], ds.y_train[400:500], cfg.train, 0, progress=False)
+        out.append(m.state_dict())
+    for k in out[0]:
+        torch.testing.assert_close(out[0][k], out[1][k], rtol=0, atol=0)
