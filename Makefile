@@ -7,7 +7,7 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup run test test-fast repro ui clean
+.PHONY: setup run test test-fast repro ui clean browser serve stop
 
 # torch first, with the venv's own pip: it takes the CPU wheel on disk (a newer pip, uv or
 # poetry would download a multi-GB CUDA build). Do not upgrade pip in the venv.
@@ -22,7 +22,7 @@ setup: $(BIN)/.installed
 run: setup
 	$(BIN)/mlpipe run
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
@@ -33,6 +33,19 @@ repro: setup
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+
+# Debian's headless Chromium for the MLflow UI test; installed once (CI runs as root). If it
+# cannot be installed, that one test skips and says why.
+browser:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "chromium could not be installed: the browser test will skip"
+
+# MLflow server (SQLite, WAL) on :5000, Prefect server on :4200, the scheduled deployment's serve
+# process; pid files and logs in .mlpipe/servers/. Then: export MLFLOW_TRACKING_URI / PREFECT_API_URL.
+serve: setup
+	$(BIN)/mlpipe serve
+
+stop:
+	$(BIN)/mlpipe stop
 
 clean:
 	rm -rf data/prepared data/augmented models reports mlflow.db mlartifacts .mlpipe

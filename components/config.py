@@ -1,11 +1,12 @@
 """One typed config tree, loaded from params.yaml (shared with DVC) and validated at load."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.errors import ConfigError
 
@@ -54,6 +55,20 @@ class ModelConfig(_Section):
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
 
 
+class DistributedConfig(_Section):
+    """DDP through torch's elastic launcher: one process per GPU, or N CPU processes (gloo)."""
+    nproc_per_node: int | Literal["auto"] = "auto"  # auto: number of GPUs, else 1; N >= 2: DDP
+    max_restarts: int = Field(2, ge=0, le=100)  # elastic restarts after a rank dies (resume from checkpoint)
+    timeout: float = Field(300.0, ge=1.0, le=86_400.0)  # seconds a collective waits for a silent rank
+
+    @field_validator("nproc_per_node", mode="before")
+    @classmethod
+    def _nproc(cls, v):
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1024):
+            raise ValueError("must be 'auto' or a whole number of processes between 1 and 1024")
+        return v
+
+
 class TrainConfig(_Section):
     epochs: int = Field(40, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, le=65_536)
@@ -61,18 +76,122 @@ class TrainConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
     patience: int = Field(10, ge=1)  # epochs without val-loss improvement before stopping
-    num_threads: int = Field(0, ge=0)  # torch CPU threads; 0 = all cores
+    num_threads: int = Field(0, ge=0)  # torch CPU threads per rank; 0 = all cores / ranks on this node
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16: autocast (CPU, GPU); fp16: autocast + grad scaler, CUDA only
+    compile: bool = False  # torch.compile the model (first epoch pays the compile: ~10+ s on CPU)
+    channels_last: bool = False  # NHWC memory layout for CNNs (faster on GPU, with bf16 on CPU)
+    checkpoint_every: int = Field(1, ge=0, le=10_000)  # epochs between checkpoints; 0 = off (no resume)
+    keep_checkpoints: int = Field(2, ge=1, le=100)  # newest K checkpoint files kept
+    loader_workers: int = Field(0, ge=0, le=64)  # DataLoader worker processes per rank; 0 = read in the trainer
+    distributed: DistributedConfig = DistributedConfig()
 
 
 class PromoteConfig(_Section):
     model_name: str | None = None  # None: "mlpipe-<dataset name>"
     accuracy_floor: float = Field(0.9, ge=0.0, le=1.0)  # challenger's test accuracy must reach it
     tolerance: float = Field(0.002, ge=0.0, le=1.0)  # may trail the champion by this much
+    # which registered variant the gate considers for @champion (compress stage): the most accurate,
+    # or the smallest / fastest (batch-1 latency) among those within compress.max_accuracy_drop
+    objective: Literal["accuracy", "smallest_within_budget", "fastest_within_budget"] = "accuracy"
+
+
+class CompressConfig(_Section):
+    """The compress stage: variants of the trained model, each measured on the test set."""
+    enabled: bool = True
+    variants: tuple[Literal["int8", "pruned", "structured"], ...] = ("int8", "pruned", "structured")
+    max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0)  # test accuracy below fp32, fraction (0.01 = 1 point)
+    sparsity: float = Field(0.9, gt=0.0, lt=1.0)  # pruned: fraction of conv/linear weights set to zero
+    prune_steps: int = Field(3, ge=1, le=50)  # pruned: prune -> fine-tune rounds to reach the sparsity
+    step_epochs: int = Field(2, ge=0, le=1000)  # pruned: fine-tune epochs after each round
+    keep: float = Field(0.5, gt=0.0, le=1.0)  # structured: fraction of channels / hidden neurons kept per layer
+    structured_epochs: int = Field(6, ge=0, le=1000)  # structured: fine-tune epochs
+    finetune_lr: float = Field(1e-3, gt=0.0, le=1.0)  # AdamW, cosine-decayed, for both pruning variants
+    int8_mode: Literal["auto", "static", "dynamic"] = "auto"  # auto: static (calibrated) for cnn, dynamic for mlp
+    calibration_samples: int = Field(256, ge=1, le=100_000)  # static int8: training rows used to calibrate
+    threads: int = Field(1, ge=1, le=256)  # torch / ONNX Runtime threads while timing
+    repeats: int = Field(30, ge=3, le=10_000)  # timed calls at batch 1 (batch 256: a fifth, at least 3), after warm-up
+
+
+# search-space bounds a tune section may use: (lowest, highest, low end open)
+_TUNE_LIMITS = {"lr": (0.0, 1.0, True), "weight_decay": (0.0, 1.0, True), "dropout": (0.0, 0.95, False),
+                "aug_strength": (0.0, 10.0, False), "epochs": (1, 10_000, False), "depth": (1, 8, False)}
+
+
+class TuneConfig(_Section):
+    """The tune stage: an Optuna study over the search space below (components/tune.py)."""
+    enabled: bool = True  # false: train uses the config as written
+    n_trials: int = Field(30, ge=1, le=100_000)  # total budget of finished (complete + pruned) trials, earlier runs included
+    n_workers: int = Field(2, ge=1, le=256)  # processes sharing the study; CPU threads are split between them
+    objective: Literal["holdout", "cv"] = "holdout"  # holdout: data.val_size split; cv: mean over cv.folds folds
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"  # what trials report each epoch and the study optimizes
+    pruner: Literal["none", "median", "halving", "hyperband"] = "hyperband"
+    min_resource: int = Field(3, ge=1, le=10_000)  # epochs a trial runs before a pruner may stop it
+    storage: str | None = None  # None: Optuna journal file .mlpipe/optuna/journal.log; else a database URL (postgresql://...)
+    heartbeat_s: int = Field(30, ge=1, le=3600)  # database storage: seconds between trial heartbeats; stale after 4x
+    # search space: [low, high] ranges are sampled (lr, weight_decay on a log scale); lists are choices
+    lr: tuple[float, float] = (5e-4, 1e-2)  # AdamW peak learning rate
+    weight_decay: tuple[float, float] = (1e-6, 1e-2)
+    batch_size: tuple[int, ...] = (32, 64, 128)
+    width: tuple[int, ...] = (16, 32, 48)  # cnn: first conv width (doubles per block); mlp: hidden width
+    depth: tuple[int, int] = (1, 3)  # cnn: conv blocks; mlp: hidden layers
+    dropout: tuple[float, float] = (0.0, 0.5)
+    aug_strength: tuple[float, float] = (0.0, 2.0)  # multiplies the augment section's magnitudes (shift, rotation, noise)
+    epochs: tuple[int, int] = (15, 50)
+
+    @field_validator("lr", "weight_decay", "dropout", "aug_strength", "epochs", "depth")
+    @classmethod
+    def _range(cls, v, info):
+        lo, hi, open_low = _TUNE_LIMITS[info.field_name]
+        if v[0] > v[1]:
+            raise ValueError(f"bounds out of order: low {v[0]} > high {v[1]}")
+        if v[0] < lo or (open_low and v[0] <= lo) or v[1] > hi:
+            raise ValueError(f"bounds must lie in {'(' if open_low else '['}{lo}, {hi}]")
+        return v
+
+    @field_validator("batch_size", "width")
+    @classmethod
+    def _choices(cls, v):
+        if not v or min(v) < 1 or len(set(v)) != len(v):
+            raise ValueError("must be a non-empty list of distinct whole numbers >= 1")
+        return v
+
+
+class CVConfig(_Section):
+    """The cv stage: stratified k-fold over the training split with the tuned config."""
+    enabled: bool = True
+    folds: int = Field(5, ge=2, le=100)  # every class needs at least this many training rows
 
 
 class TrackingConfig(_Section):
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite file in the project
     experiment: str = "mlpipe"
+
+
+class ScheduleConfig(_Section):
+    """`mlpipe deploy`: the Prefect deployment of the pipeline and when it runs."""
+    name: str = Field("nightly", min_length=1, max_length=100)  # deployment name: mlpipe/<name>
+    cron: str | None = "0 2 * * *"  # 5-field cron (minute hour day month weekday); None: manual runs only
+    timezone: str = "UTC"  # IANA zone the cron is read in, e.g. Europe/Berlin
+    work_pool: str | None = None  # None: served in-process by `mlpipe deploy`; else a Prefect work pool
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None):
+        fields = (v or "").split()
+        if v is not None and (len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*,/?-]+", f) for f in fields)):
+            raise ValueError("must have 5 fields (minute hour day month weekday), e.g. '0 2 * * *'")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str):
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA zone such as UTC or Europe/Berlin") from None
+        return v
 
 
 class Config(_Section):
@@ -82,8 +201,12 @@ class Config(_Section):
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()
+    cv: CVConfig = CVConfig()
+    compress: CompressConfig = CompressConfig()
     promote: PromoteConfig = PromoteConfig()
     tracking: TrackingConfig = TrackingConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, protected_namespaces=())
 

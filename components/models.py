@@ -30,7 +30,10 @@ class Standardize(nn.Module):
         dims = (0, 2, 3) if x.ndim == 4 else (0,)
         mean, std = x.mean(dim=dims), x.std(dim=dims)
         self.mean.copy_(mean.reshape(self.mean.shape))
-        self.std.copy_(std.clamp_min(1e-6).reshape(self.std.shape))
+        # a feature constant in training gets scale 1 (as sklearn's StandardScaler does): a tiny
+        # floor would blow any non-zero test value up to ~1e6 and wreck int8 calibration ranges
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
+        self.std.copy_(std.reshape(self.std.shape))
 
     def forward(self, x):
         return (x - self.mean) / self.std

@@ -19,17 +19,20 @@ from components.errors import MlpipeError
 from components import models
 
 ALIAS = "champion"
-PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas"]
+PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "onnx", "onnxruntime"]  # onnx*: int8 variants
 
 
 class Classifier(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: raw features (N, *feature_shape) in, label/class/confidence out.
 
     The weights travel as an mlpipe model file (tensors + constructor args, loaded with
-    weights_only=True); the class itself travels as code (code_paths), not as pickled state."""
+    weights_only=True) or, for int8 variants, as an ONNX file run by ONNX Runtime; the class itself
+    travels as code (code_paths), not as pickled state."""
 
     def load_context(self, context):
-        self.model, self.spec, self.classes = models.load(context.artifacts["model"])
+        from components.compress import load_model_file
+
+        self.model, self.spec, self.classes = load_model_file(context.artifacts["model"])
         self.shape = tuple(self.spec["args"]["in_shape"])
 
     def predict_proba(self, X) -> np.ndarray:

@@ -38,7 +38,17 @@ def setup(cfg: TrackingConfig, root: Path) -> str:
 
 
 def ui_command(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return uri  # a server: its UI is already there
     return f"mlflow ui --backend-store-uri {uri}" + (" --port 5000" if uri.startswith("sqlite:") else "")
+
+
+def run_url(uri: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI when tracking goes to a server, else None."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    exp = MlflowClient().get_run(run_id).info.experiment_id
+    return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -75,7 +85,7 @@ def end_parent(run_id: str, ok: bool, tags: dict | None = None) -> None:
 def stage_run(stage: str, parent_id: str | None, tags: dict | None = None) -> Iterator[str]:
     """A child run of the pipeline run (or a top-level run when a stage runs alone, as under
     DVC). A stage that raises leaves its run FAILED."""
-    all_tags = {"mlpipe.stage": stage, **(tags or {})}
+    all_tags = {"mlpipe.stage": stage, **{k: str(v) for k, v in (tags or {}).items()}}  # a server takes strings only
     with mlflow.start_run(run_name=stage, parent_run_id=parent_id, nested=parent_id is not None, tags=all_tags) as run:
         yield run.info.run_id
 

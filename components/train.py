@@ -3,7 +3,6 @@
 fit() knows nothing about MLflow: it reports through the `log(metrics, step)` callback."""
 from __future__ import annotations
 
-import copy
 import math
 import os
 import random
@@ -45,9 +44,11 @@ class History:
     epochs: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
     best_epoch: int = 0
     stopped_early: bool = False
+    resumed_from: int = 0  # last epoch restored from a checkpoint; 0 = a fresh start
 
     def to_dict(self) -> dict:
-        return {"epochs": self.epochs, "best_epoch": self.best_epoch, "stopped_early": self.stopped_early}
+        return {"epochs": self.epochs, "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
+                "resumed_from": self.resumed_from}
 
 
 def _batches(n: int, batch_size: int, g: torch.Generator | None):
@@ -83,56 +84,13 @@ def fit(
     augment: Callable | None = None,
     log: LogFn | None = None,
     progress: bool = True,
+    **engine,
 ) -> History:
-    """Train in place; on return the model holds the weights of the best validation epoch."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    """Train in place; on return the model holds the weights of the best validation epoch.
 
-    g = seed_everything(seed)
-    if hasattr(model, "norm"):
-        model.norm.fit(X_train)
-    x = torch.as_tensor(np.asarray(X_train, dtype=np.float32))
-    y = torch.as_tensor(np.asarray(y_train, dtype=np.int64))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = math.ceil(len(x) / cfg.batch_size)
-    sched = _scheduler(opt, cfg, steps)
-    loss_fn = nn.CrossEntropyLoss()
-    hist, best, best_state, bad = History(), math.inf, None, 0
-    columns = [TextColumn("train"), BarColumn(), TextColumn("epoch {task.completed}/{task.total} {task.fields[msg]}"), TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("train", total=cfg.epochs, msg="")
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            total, n = 0.0, 0
-            for idx in _batches(len(x), cfg.batch_size, g):
-                xb, yb = x[idx], y[idx]
-                if augment is not None:
-                    xb = augment(xb, g)
-                loss = loss_fn(model(xb), yb)
-                if not torch.isfinite(loss):
-                    raise MlpipeError(f"training diverged: loss is {loss.item()} at epoch {epoch}; lower train.lr (now {cfg.lr})")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                total += loss.item() * len(idx)
-                n += len(idx)
-            logits = predict_logits(model, X_val)
-            yv = torch.as_tensor(np.asarray(y_val, dtype=np.int64))
-            val_loss = loss_fn(logits, yv).item()
-            row = {"train_loss": total / n, "val_loss": val_loss,
-                   "val_accuracy": (logits.argmax(1) == yv).float().mean().item(), "lr": opt.param_groups[0]["lr"]}
-            hist.epochs.append(row)
-            if log is not None:
-                log(row, epoch)
-            if val_loss < best - 1e-6:
-                best, best_state, bad, hist.best_epoch = val_loss, copy.deepcopy(model.state_dict()), 0, epoch
-            else:
-                bad += 1
-            bar.update(task, advance=1, msg=f"val_loss {val_loss:.4f} val_acc {row['val_accuracy']:.4f}")
-            if bad >= cfg.patience:
-                hist.stopped_early = True
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return hist
+    X_* may be arrays, memmaps (streamed batch by batch) or stream.Rows views. Optional engine
+    keywords (components/engine.py): dist (a DDP rank), checkpoint_dir + resume_key (atomic
+    checkpoints, exact resume), on_epoch(epoch, row) (e.g. an Optuna pruner)."""
+    from components.engine import train_loop
+
+    return train_loop(model, X_train, y_train, X_val, y_val, cfg, seed, augment, log, progress, **engine)

@@ -27,7 +27,9 @@ def _env() -> None:
 
 
 def _fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)  # messages may hold [brackets]
     raise typer.Exit(2)
 
 
@@ -61,7 +63,7 @@ def run(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
 
 
 @app.command()
-def stage(name: str = typer.Argument(..., help="ingest | validate | augment | train | evaluate | register"),
+def stage(name: str = typer.Argument(..., help="ingest | validate | augment | tune | cv | train | evaluate | compress | register"),
           params: Path = PARAMS, sets: Optional[list[str]] = SETS):
     """Run one stage on its own (each dvc.yaml stage calls this)."""
     _env()
@@ -106,6 +108,73 @@ def predict(input: Path = typer.Argument(..., help="An .npz (array X), a CSV of 
     out.print("input,class,confidence", highlight=False)
     for n, c, p in zip(names, pred["class"], pred["confidence"]):
         out.print(f"{n},{c},{p:.4f}", highlight=False)
+
+
+@app.command()
+def deploy(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
+           image: Optional[str] = typer.Option(None, "--image", help="Docker/Kubernetes pools: the project image (infra/Dockerfile).")):
+    """Create the Prefect deployment mlpipe/<schedule.name> (cron + timezone from params.yaml). Without
+    schedule.work_pool it is served here and this command keeps running; with one, it is registered and returns."""
+    _env()
+    cfg = _config(params, sets)
+    from flows import deploy as d
+
+    if cfg.schedule.work_pool:
+        dep = d.to_pool(cfg, params, sets, Path.cwd(), image)
+        out.print(f"deployment mlpipe/{cfg.schedule.name} ({dep}) on work pool {cfg.schedule.work_pool}; "
+                  f"start a worker: prefect worker start --pool {cfg.schedule.work_pool}", highlight=False)
+    else:
+        d.serve(cfg, params, sets, Path.cwd())
+
+
+@app.command()
+def serve(params: Path = PARAMS,
+          mlflow_port: int = typer.Option(5000, help="MLflow server port on 127.0.0.1."),
+          prefect_port: int = typer.Option(4200, help="Prefect server port on 127.0.0.1."),
+          no_deploy: bool = typer.Option(False, "--no-deploy", help="Servers only, without the scheduled deployment.")):
+    """Start mlflow server (SQLite, WAL), the Prefect server and the deployment's serve process in the
+    background on 127.0.0.1 (pid files and logs in .mlpipe/servers/); `mlpipe stop` stops them."""
+    _env()
+    _config(params, None)
+    from components.errors import MlpipeError
+    from flows import servers
+
+    try:
+        started = servers.serve_all(Path.cwd(), params, mlflow_port, prefect_port, deploy=not no_deploy)
+    except MlpipeError as e:
+        _fail(e)
+    for s in started:
+        out.print(f"{s.name:8} pid {s.pid}  {s.url}  log {s.log}", highlight=False)
+    out.print(f"export MLFLOW_TRACKING_URI={started[0].url} PREFECT_API_URL={started[1].url}", highlight=False)
+
+
+@app.command()
+def stop():
+    """Stop the servers started by `mlpipe serve` in this folder."""
+    from flows import servers
+
+    names = servers.stop_all(Path.cwd())
+    out.print(f"stopped: {', '.join(names) or 'nothing was running'}", highlight=False)
+
+
+@app.command()
+def dashboard(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
+              host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+              port: int = typer.Option(8080, "--port", help="Port to listen on.")):
+    """Open optuna-dashboard on the tuning studies (the journal file, or tune.storage)."""
+    _env()
+    from components.config import load_config
+    from components.errors import MlpipeError
+
+    cfg = _config(params, sets) if params.exists() else load_config(None, sets or [])
+    storage = cfg.tune.storage or str((Path.cwd() / ".mlpipe" / "optuna" / "journal.log").resolve())
+    args = [str(Path(sys.executable).parent / "optuna-dashboard"), storage, "--host", host, "--port", str(port)]
+    if not cfg.tune.storage:
+        if not Path(storage).exists():
+            _fail(MlpipeError(f"{storage}: no Optuna journal yet; run `mlpipe stage tune` (or `mlpipe run`) first"))
+        args += ["--storage-class", "JournalFileStorage"]
+    out.print(f"optuna-dashboard on http://{host}:{port} ({storage})", highlight=False)
+    os.execv(args[0], args)
 
 
 def main() -> None:  # pragma: no cover

@@ -20,14 +20,18 @@ from components.config import Config, load_config
 from components.errors import MlpipeError
 from flows import stages
 from flows.stages import Paths
+from flows.deploy import promotion_slot
 
 # the config sections each stage reads: a change elsewhere keeps its cache
 STAGE_CONFIG = {
     "ingest": ("seed", "data"),
     "validate": ("validate",),
     "augment": ("augment",),
+    "tune": ("seed", "data", "augment", "model", "train", "tune", "cv"),
+    "cv": ("seed", "data", "augment", "model", "train", "cv"),
     "train": ("seed", "data", "augment", "model", "train"),
     "evaluate": (),
+    "compress": ("seed", "data", "augment", "train", "compress"),
 }
 
 
@@ -35,7 +39,7 @@ STAGE_CONFIG = {
 def code_hash() -> str:
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for f in sorted([*(here.parent / "components").glob("*.py"), here / "stages.py"]):
+    for f in sorted([*(here.parent / "components").glob("*.py"), here / "stages.py", here / "compress_stage.py", here / "tuning.py", here / "train_worker.py"]):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -86,6 +90,16 @@ def augment(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
     return stages.run_augment(cfg, paths, parent)
 
 
+@_stage_task("tune")
+def tune(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
+    return stages.run_tune(cfg, paths, parent)
+
+
+@_stage_task("cv")
+def cv(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
+    return stages.run_cv(cfg, paths, parent)
+
+
 @_stage_task("train")
 def train(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
     return stages.run_train(cfg, paths, parent)
@@ -96,9 +110,15 @@ def evaluate(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
     return stages.run_evaluate(cfg, paths, parent)
 
 
+@_stage_task("compress")
+def compress(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
+    return stages.run_compress(cfg, paths, parent)
+
+
 @_stage_task("register", retries=2)
 def register(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
-    return stages.run_register(cfg, paths, parent)
+    with promotion_slot():  # cluster-wide, when a Prefect server is configured; the file lock covers one machine
+        return stages.run_register(cfg, paths, parent)
 
 
 def _call(t, cfg: Config, paths: Paths, upstream: dict, parent: str, refresh: bool) -> dict:
@@ -109,24 +129,37 @@ def _call(t, cfg: Config, paths: Paths, upstream: dict, parent: str, refresh: bo
     return t.with_options(refresh_cache=refresh or missing, result_storage=storage)(cfg, paths, upstream, parent)
 
 
+def _tune_rows(out: dict) -> list[tuple[str, str]]:
+    t, c = out.get("tune", {}), out.get("cv", {})
+    rows = [("tuning", f"study {t['study']}: best trial {t['best_trial']} of {t['complete']} complete + {t['pruned']} pruned, "
+                       f"val accuracy {t['best_val_accuracy']:.4f}")] if t.get("study") else []
+    if c.get("folds"):
+        rows.append(("cv accuracy", f"{c['accuracy_mean']:.4f} +- {c['accuracy_std']:.4f} ({c['folds']} folds)"))
+    return rows
+
+
 def summarize(out: dict) -> list[tuple[str, str]]:
     reg, ev = out["register"], out["evaluate"]
     return [
         ("data hash", out["ingest"]["data_hash"]),
         ("validation", f"passed ({out['validate']['expectations']} expectations)"),
+        *_tune_rows(out),
         ("test accuracy", f"{ev['test_accuracy']:.4f}"),
         ("test macro F1", f"{ev['test_f1_macro']:.4f}"),
         ("test ROC AUC (ovr)", f"{ev['test_roc_auc_ovr']:.4f}"),
         ("registered", f"{reg['model_name']} v{reg['version']}"),
+        ("variants", ", ".join(f"{k} v{v}" for k, v in reg.get("variants", {}).items())
+         + "".join(f"; {k} rejected: {why}" for k, why in reg.get("rejected", {}).items())),
+        ("gate considered", f"{reg.get('variant', 'fp32')} ({reg.get('selection', '')})"),
         ("promoted", ("yes: " if reg["promoted"] else "no: ") + "; ".join(reg["reasons"])),
         ("MLflow run", out["run_id"]),
         ("MLflow UI", tracking.ui_command(out["tracking_uri"])),
-    ]
+    ] + ([("MLflow run link", link)] if (link := tracking.run_url(out["tracking_uri"], out["run_id"])) else [])
 
 
 @flow(name="mlpipe", log_prints=True)
 def pipeline(params: str = "params.yaml", overrides: list[str] | None = None, root: str = ".", refresh: bool = False) -> dict:
-    """ingest -> validate (GX gate) -> augment -> train -> evaluate -> register/promote."""
+    """ingest -> validate (GX gate) -> augment -> tune -> cv -> train -> evaluate -> compress -> register/promote."""
     cfg = load_config(params, overrides or [])
     paths = Paths(Path(root).resolve())
     uri = tracking.setup(cfg.tracking, paths.root)
@@ -138,9 +171,12 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None, ro
         tracking.set_tags({"mlpipe.data_hash": out["ingest"]["data_hash"], "mlflow.note.content": f"data {out['ingest']['data_hash']}"}, run_id=parent)
         out["validate"] = _call(validate, cfg, paths, out["ingest"], parent, refresh)
         out["augment"] = _call(augment, cfg, paths, out["ingest"], parent, refresh)
-        out["train"] = _call(train, cfg, paths, {"data": out["ingest"], "augment": out["augment"]}, parent, refresh)
+        out["tune"] = _call(tune, cfg, paths, {"data": out["ingest"], "augment": out["augment"]}, parent, refresh)
+        out["cv"] = _call(cv, cfg, paths, out["tune"], parent, refresh)
+        out["train"] = _call(train, cfg, paths, {"data": out["ingest"], "augment": out["augment"], "tune": out["tune"]}, parent, refresh)
         out["evaluate"] = _call(evaluate, cfg, paths, out["train"], parent, refresh)
         tracking.log_metrics(out["evaluate"], run_id=parent)
+        out["compress"] = _call(compress, cfg, paths, out["train"], parent, refresh)
         out["register"] = register(cfg, paths, out["evaluate"], parent)
     except BaseException as e:
         tracking.end_parent(parent, ok=False, tags={"mlpipe.error": f"{type(e).__name__}: {e}"})

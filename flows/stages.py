@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from components import augment, data, evaluate, models, registry, tracking, train, validate
+from components import augment, data, evaluate, measure, models, registry, tracking, train, tune, validate
 from components.config import Config
 from components.fileio import write_json
 
-STAGES = ("ingest", "validate", "augment", "train", "evaluate", "register")
+STAGES = ("ingest", "validate", "augment", "tune", "cv", "train", "evaluate", "compress", "register")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,18 @@ class Paths:
     @property
     def validation(self) -> Path:
         return self.root / "reports" / "validation"
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.root / "reports" / "tune"
+
+    @property
+    def best_params(self) -> Path:  # written by tune, read by cv and train
+        return self.tune_dir / "best_params.json"
+
+    @property
+    def cv_dir(self) -> Path:
+        return self.root / "reports" / "cv"
 
     @property
     def model_dir(self) -> Path:
@@ -64,8 +76,11 @@ class Paths:
             "ingest": [self.prepared / "meta.json"],
             "validate": [self.validation / "report.json"],
             "augment": [self.augmented / "policy.json"],
+            "tune": [self.best_params],
+            "cv": [self.cv_dir / "cv_metrics.json"],
             "train": [self.model_file, self.model_dir / "history.json"],
             "evaluate": [self.eval_dir / "metrics.json"],
+            "compress": [self.root / "reports" / "compress" / "table.json", self.model_dir / "compressed"],
             "register": [self.promotion],
         }[stage]
 
@@ -149,27 +164,13 @@ def run_augment(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
 
 
 def run_train(cfg: Config, paths: Paths, parent: str | None = None, progress: bool = True) -> dict:
-    with tracking.stage_run("train", parent):
-        ds = data.load_prepared(paths.prepared)
-        m = ds.meta
-        tr, va = train.val_split(ds.y_train, cfg.data.val_size, cfg.seed)
-        spec = models.model_args(cfg.model, m.feature_shape, m.n_classes, m.kind)
-        train.seed_everything(cfg.seed)  # weight init is part of the seeded run
-        model = models.build(spec)
-        train.set_threads(cfg.train.num_threads)
-        aug = augment.build_augment(cfg.augment, m.kind, ds.X_train[tr], m.value_range)
-        tracking.log_params({"model": cfg.section("model"), "train": cfg.section("train"), "arch": spec["arch"],
-                             "n_params": sum(p.numel() for p in model.parameters())})
-        tracking.set_tags({"mlpipe.data_hash": m.content_hash})
-        hist = train.fit(model, ds.X_train[tr], ds.y_train[tr], ds.X_train[va], ds.y_train[va], cfg.train, cfg.seed,
-                         augment=aug, log=tracking.metric_logger(), progress=progress)
-        models.save(model, spec, m.classes, paths.model_file)
-        write_json(paths.model_dir / "history.json", {"data_hash": m.content_hash, **hist.to_dict()})
-        best = hist.epochs[hist.best_epoch - 1]
-        tracking.log_metrics({"best_epoch": hist.best_epoch, "best_val_loss": best["val_loss"], "best_val_accuracy": best["val_accuracy"]})
-        tracking.log_artifact(paths.model_dir / "history.json", "train")
-        return {"best_epoch": hist.best_epoch, "epochs_run": len(hist.epochs), "val_accuracy": best["val_accuracy"],
-                "model_hash": data.content_hash(*[p.detach().numpy() for p in model.state_dict().values()])}
+    """One process, or train.distributed.nproc_per_node DDP ranks (flows/train_worker.py); either
+    way one MLflow run, to which only rank 0 logs. Resumes from models/checkpoints."""
+    from flows import train_worker
+
+    with tracking.stage_run("train", parent) as run_id:
+        cfg = tune.apply_best(cfg, paths.best_params, data.load_meta(paths.prepared).content_hash)  # tune stage's output
+        return train_worker.run_stage(cfg, paths.root, run_id, progress)
 
 
 def run_evaluate(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
@@ -192,24 +193,25 @@ def run_evaluate(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
 
 
 def run_register(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
-    """Log the trained model as a pyfunc, register it, and move @champion if it passes the gate.
-    The current champion is re-measured on the current test set, under a lock."""
+    """Log the trained model and its accepted compressed variants as pyfuncs, register each as a
+    version (tag `variant`), pick one by promote.objective, and move @champion to it if it passes
+    the gate. The current champion is re-measured on the current test set, under a lock."""
+    from flows import compress_stage
+
     with tracking.stage_run("register", parent) as run_id:
         ds = data.load_prepared(paths.prepared)
         metrics = json.loads((paths.eval_dir / "metrics.json").read_text())
         name = cfg.promote.model_name or f"mlpipe-{data.dataset_name(ds.meta.source)}"
         model_hash = hashlib.sha256(paths.model_file.read_bytes()).hexdigest()[:16]
-        acc = metrics["test_accuracy"]
+        rows, table_note = compress_stage.candidates(paths, model_hash, metrics["test_accuracy"])
+        base_tags = {"mlpipe.run_id": parent or run_id, "mlpipe.data_hash": ds.meta.content_hash,
+                     "mlpipe.git_commit": git_commit(paths.root)}
         with registry.promotion_lock(paths.state / "promote.lock"):
-            existing = registry.find_version(name, {"mlpipe.model_hash": model_hash, "mlpipe.data_hash": ds.meta.content_hash})
-            if existing is not None:  # the same model on the same data (a cached re-run): no duplicate version
-                version, uri = str(existing.version), f"models:/{name}/{existing.version}"
-            else:
-                uri = registry.log_model(paths.model_file, ds.X_test[:5])
-                version = registry.register(uri, name, {
-                    "mlpipe.run_id": parent or run_id, "mlpipe.data_hash": ds.meta.content_hash,
-                    "mlpipe.model_hash": model_hash, "mlpipe.git_commit": git_commit(paths.root),
-                    "variant": "fp32", "test_accuracy": f"{acc:.6f}"})
+            # same file on the same data (a cached re-run): the existing version, no duplicate
+            versions = {r["variant"]: compress_stage.register_variant(name, r, ds.X_test[:5], base_tags) for r in rows if r["accepted"]}
+            chosen, selection = measure.choose(rows, cfg.promote.objective)
+            version, uri = versions[chosen["variant"]]
+            acc = chosen["accuracy"]
             current = registry.champion_version(name)
             champ_v = None if current is None else str(current.version)
             champ_acc, note = None, None
@@ -230,8 +232,15 @@ def run_register(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
                 "mlpipe.decision": "promoted" if decision.promote else "rejected",
                 "mlpipe.reasons": "; ".join(decision.reasons),
                 "mlpipe.champion_before": champ_v or "none",
-                "mlpipe.champion_accuracy_remeasured": "n/a" if champ_acc is None else f"{champ_acc:.6f}"})
-        out = {"model_name": name, "version": version, "model_uri": uri, "promoted": decision.promote,
+                "mlpipe.champion_accuracy_remeasured": "n/a" if champ_acc is None else f"{champ_acc:.6f}",
+                "mlpipe.objective": cfg.promote.objective, "mlpipe.selection": selection,
+                "mlpipe.variant_table": measure.markdown_table(rows) if len(rows) > 1 else "fp32 only" + (f" ({table_note})" if table_note else "")})
+        rejected = {r["variant"]: r["reason"] for r in rows if not r["accepted"]}
+        tracking.set_tags({f"mlpipe.rejected.{v}": why for v, why in rejected.items()})
+        tracking.log_dict({"objective": cfg.promote.objective, "selection": selection, "rows": rows,
+                           "versions": {v: ver for v, (ver, _) in versions.items()}}, "register/variants.json")
+        out = {"variant": chosen["variant"], "selection": selection, "rejected": rejected,
+               "variants": {v: ver for v, (ver, _) in versions.items()}, "model_name": name, "version": version, "model_uri": uri, "promoted": decision.promote,
                "reasons": decision.reasons, "champion_before": champ_v, "champion_accuracy": champ_acc,
                "test_accuracy": acc, "data_hash": ds.meta.content_hash}
         tracking.set_tags({"mlpipe.registered_version": version, "mlpipe.promoted": decision.promote})
@@ -240,7 +249,25 @@ def run_register(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
         return out
 
 
-RUNNERS = {"ingest": run_ingest, "validate": run_validate, "augment": run_augment,
+def run_tune(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
+    from flows.tuning import run_tune as run
+
+    return run(cfg, paths, parent)
+
+
+def run_cv(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
+    from flows.tuning import run_cv as run
+
+    return run(cfg, paths, parent)
+
+
+def run_compress(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
+    from flows.compress_stage import run_compress as run
+
+    return run(cfg, paths, parent)
+
+
+RUNNERS = {"ingest": run_ingest, "validate": run_validate, "augment": run_augment, "tune": run_tune, "cv": run_cv, "compress": run_compress,
            "train": run_train, "evaluate": run_evaluate, "register": run_register}
 
 

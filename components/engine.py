@@ -1,0 +1,254 @@
+"""The training loop behind train.fit: one process or one DDP rank, fp32/bf16/fp16, checkpoints
+and exact resume, in-memory or memory-mapped data.
+
+Resume is exact: a checkpoint holds the model, optimizer, scheduler, grad scaler, early-stopping
+state, the history and every rank's RNG states (torch, CUDA, numpy, python, the augmentation
+generator); the batch order of an epoch is a function of (seed, epoch) alone (distributed.shard).
+So an interrupted run that resumes ends with the same weights as one that never stopped."""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from components import checkpoint, distributed, stream
+from components.config import TrainConfig
+from components.errors import ConfigError, MlpipeError
+
+EVAL_BATCH = 1024
+
+
+class TrainingDiverged(MlpipeError):
+    pass
+
+
+@dataclass
+class LoopState:
+    """Early stopping and progress: everything besides weights and RNG that resume needs."""
+    epoch: int = 0  # last finished epoch
+    best: float = math.inf  # best validation loss so far
+    bad: int = 0  # epochs since it improved
+    best_state: dict | None = None  # model weights of the best epoch
+    history: object = None  # train.History
+    done: bool = False  # stopped early: nothing left to run
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision: fp16 needs a CUDA device (it trains with a gradient scaler); this run is on "
+                          f"{device.type}: use bf16 or fp32")
+
+
+def rng_state(g: torch.Generator, device: torch.device) -> dict:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "generator": g.get_state(), "python": random.getstate(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "gauss": float(gauss)}}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, g: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    g.set_state(state["generator"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _gather_rng(g: torch.Generator, d: distributed.Dist) -> list[dict]:
+    """Every rank's RNG state, in rank order (on rank 0; others get their own only)."""
+    mine = rng_state(g, d.device)
+    if not d.enabled:
+        return [mine]
+    box: list = [None] * d.world
+    torch.distributed.all_gather_object(box, mine)
+    return box
+
+
+def _cpu(sd: dict) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in sd.items()}
+
+
+def _save(folder: Path, key: str, keep: int, st: LoopState, model, opt, sched, scaler, rngs) -> Path:
+    h = st.history
+    state = {
+        "key": key, "model": _cpu(model.state_dict()), "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs,
+        "loop": {"best": st.best, "bad": st.bad, "done": st.done, "best_state": st.best_state,
+                 "history": {"epochs": h.epochs, "best_epoch": h.best_epoch, "stopped_early": h.stopped_early}},
+    }
+    return checkpoint.save(folder, st.epoch, state, keep)
+
+
+def _resume(folder: Path, key: str, d: distributed.Dist, model, opt, sched, scaler, g, st: LoopState) -> Path | None:
+    """Restore from the newest good checkpoint; rank 0 picks it, every rank loads the same file."""
+    found, refused = None, None
+    if d.is_main:
+        try:
+            found = checkpoint.load_latest(folder, key)
+        except checkpoint.CheckpointError as e:
+            refused = str(e)
+    name = distributed.broadcast_str(f"!{refused}" if refused else str(found[1]) if found else None, d)
+    if name is not None and name.startswith("!"):  # every rank stops, none waits for the others
+        raise checkpoint.CheckpointError(name[1:])
+    if name is None:
+        if d.is_main:
+            checkpoint.clear(folder)  # another run's files would outrank this run's by epoch
+        distributed.barrier(d)
+        return None
+    state = found[0] if d.is_main else checkpoint.read(next(e for e in checkpoint.entries(folder) if str(e.path) == name))
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"][d.rank], g, d.device)
+    loop, h = state["loop"], st.history
+    st.epoch, st.best, st.bad, st.done, st.best_state = state["epoch"], loop["best"], loop["bad"], loop["done"], loop["best_state"]
+    h.epochs, h.best_epoch, h.stopped_early = list(loop["history"]["epochs"]), loop["history"]["best_epoch"], loop["history"]["stopped_early"]
+    return Path(name)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, X: stream.Rows, y: np.ndarray, d: distributed.Dist, precision: str = "fp32",
+             channels_last: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over X, each rank scoring every world-th row, summed over ranks."""
+    model.eval()
+    pos = np.arange(d.rank, len(X), d.world)
+    loss = correct = 0.0
+    for xb, yb in stream.batches(X, y, pos, EVAL_BATCH):
+        xb, yb = _to(xb, d.device, channels_last), yb.to(d.device)
+        with autocast(d.device, precision):
+            logits = model(xb).float()
+        loss += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    loss, correct, n = distributed.all_sum([loss, correct, float(len(pos))], d)
+    return loss / max(n, 1), correct / max(n, 1)
+
+
+def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+
+
+def _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g) -> float:
+    net.train()
+    pos = distributed.shard(len(X), seed, epoch, d.rank, d.world)
+    per_rank = -(-cfg.batch_size // d.world)  # the global batch is cfg.batch_size
+    cl = cfg.channels_last
+    total = count = 0.0
+    for step, (xb, yb) in enumerate(stream.batches(X, y, pos, per_rank, cfg.loader_workers, d.device.type == "cuda"), 1):
+        if augment is not None:
+            xb = augment(xb, g)
+        xb, yb = _to(xb, d.device, cl), yb.to(d.device, non_blocking=True)
+        with autocast(d.device, cfg.precision):
+            loss = nn.functional.cross_entropy(net(xb).float(), yb)
+        value = loss.item()
+        if distributed.any_rank(not math.isfinite(value), d):
+            raise TrainingDiverged(
+                f"training diverged: loss is {value if not math.isfinite(value) else 'not finite on another rank'} at epoch "
+                f"{epoch}, step {step}; lower train.lr (now {cfg.lr}) or use train.precision fp32 (now {cfg.precision}). "
+                "No checkpoint was written for this epoch.")
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        if sched is not None:
+            sched.step()
+        total += value * len(yb)
+        count += len(yb)
+    total, count = distributed.all_sum([total, count], d)
+    return total / max(count, 1)
+
+
+def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfig, seed: int,
+               augment: Callable | None = None, log: Callable | None = None, progress: bool = True, *,
+               dist: distributed.Dist | None = None, checkpoint_dir: str | Path | None = None, resume_key: str = "",
+               on_epoch: Callable[[int, dict], None] | None = None):
+    """See train.fit. checkpoint_dir: save every cfg.checkpoint_every epochs and resume from the
+    newest good checkpoint whose resume_key matches. on_epoch(epoch, row) runs on every rank after
+    each epoch (raise from it to stop, e.g. an Optuna pruner)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from components.train import History, _scheduler, seed_everything
+
+    d = dist or distributed.single()
+    check_precision(cfg.precision, d.device)
+    g = seed_everything(seed + 7919 * d.rank)  # rank 0 draws exactly what a single process draws
+    X, Xv = stream.as_view(X_train), stream.as_view(X_val)
+    y, yv = np.asarray(y_train, dtype=np.int64), np.asarray(y_val, dtype=np.int64)
+    stream.fit_norm(model, X)  # every rank fits the same statistics on the full training set
+    model.to(d.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = model
+    if d.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    per_rank = -(-cfg.batch_size // d.world)
+    sched = _scheduler(opt, cfg, math.ceil(math.ceil(len(X) / d.world) / per_rank))
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    st = LoopState(history=History())
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None and cfg.checkpoint_every > 0 else None
+    if ckpt is not None:
+        _resume(ckpt, resume_key, d, model, opt, sched, scaler, g, st)
+        st.history.resumed_from = st.epoch
+    hist = st.history
+    columns = [TextColumn("train"), BarColumn(), TextColumn("epoch {task.completed}/{task.total} {task.fields[msg]}"),
+               TimeRemainingColumn()]
+    with Progress(*columns, disable=not (progress and d.is_main), transient=False) as bar:
+        task = bar.add_task("train", total=cfg.epochs, completed=st.epoch, msg="")
+        for epoch in range(st.epoch + 1, cfg.epochs + 1):
+            if st.done:
+                break
+            train_loss = _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g)
+            val_loss, val_acc = evaluate(model, Xv, yv, d, cfg.precision, cfg.channels_last)
+            if not math.isfinite(val_loss):
+                raise TrainingDiverged(f"training diverged: validation loss is {val_loss} at epoch {epoch}; lower train.lr "
+                                       f"(now {cfg.lr}). No checkpoint was written for this epoch.")
+            row = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"]}
+            hist.epochs.append(row)
+            if log is not None and d.is_main:
+                log(row, epoch)
+            if on_epoch is not None:
+                on_epoch(epoch, row)
+            if val_loss < st.best - 1e-6:
+                st.best, st.best_state, st.bad, hist.best_epoch = val_loss, _cpu(model.state_dict()), 0, epoch
+            else:
+                st.bad += 1
+            st.epoch, st.done = epoch, st.bad >= cfg.patience
+            hist.stopped_early = st.done
+            bar.update(task, advance=1, msg=f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}")
+            if ckpt is not None and (epoch % cfg.checkpoint_every == 0 or st.done or epoch == cfg.epochs):
+                rngs = _gather_rng(g, d)
+                if d.is_main:
+                    _save(ckpt, resume_key, cfg.keep_checkpoints, st, model, opt, sched, scaler, rngs)
+    if st.best_state is not None:
+        model.load_state_dict(st.best_state)
+    return hist

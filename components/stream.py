@@ -1,0 +1,128 @@
+"""Batches from in-memory arrays or memory-mapped .npy files with bounded memory.
+
+An np.memmap that maps a whole .npy file is re-opened for every batch (as nanoGPT does): the
+pages one batch touched are unmapped with it, so the process's RSS stays about one batch even
+when the file is larger than RAM. Nothing here calls np.asarray on a whole memmap."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+CHUNK_BYTES = 64 << 20  # statistics passes read at most this much at a time
+
+
+class Rows:
+    """X[index] (index=None: all rows), read batch by batch."""
+
+    def __init__(self, X: np.ndarray, index: np.ndarray | None = None):
+        self.X = X
+        self.index = None if index is None else np.asarray(index, dtype=np.int64)
+        self._file = _whole_file_map(X)
+
+    def __len__(self) -> int:
+        return len(self.X) if self.index is None else len(self.index)
+
+    @property
+    def streamed(self) -> bool:
+        return self._file is not None
+
+    def rows(self, pos: np.ndarray) -> np.ndarray:
+        """Positions within this view -> row numbers in X."""
+        return pos if self.index is None else self.index[pos]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows of X (row numbers) as a fresh in-memory array."""
+        if self._file is None:
+            return np.asarray(self.X[rows])
+        path, dtype, offset, shape = self._file
+        mm = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        try:
+            return np.array(mm[rows])
+        finally:
+            del mm  # unmap: the touched pages leave this process's RSS
+
+
+def _whole_file_map(X) -> tuple | None:
+    """(path, dtype, offset, shape) when X is a memmap of an entire .npy file, else None."""
+    if not isinstance(X, np.memmap) or not getattr(X, "filename", None) or not X.flags.c_contiguous:
+        return None
+    try:
+        with open(X.filename, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+    except (OSError, ValueError):
+        return None
+    if fortran or tuple(shape) != X.shape or dtype != X.dtype:
+        return None  # a slice or a raw memmap: fall back to plain indexing
+    return X.filename, dtype, offset, X.shape
+
+
+def as_view(X) -> Rows:
+    return X if isinstance(X, Rows) else Rows(X)
+
+
+def channel_stats(view: Rows) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (images, dims 0,2,3) or per-feature mean and std, in chunks: float64 sums."""
+    n = len(view)
+    row_bytes = max(1, int(np.prod(view.X.shape[1:])) * view.X.dtype.itemsize)
+    step = max(1, CHUNK_BYTES // row_bytes)
+    s = sq = None
+    count = 0
+    for i in range(0, n, step):
+        x = view.take(view.rows(np.arange(i, min(n, i + step)))).astype(np.float64)
+        axes = (0, 2, 3) if x.ndim == 4 else (0,)
+        s = x.sum(axis=axes) + (0 if s is None else s)
+        sq = (x * x).sum(axis=axes) + (0 if sq is None else sq)
+        count += x.size // s.size
+    mean = s / count
+    var = (sq - count * mean * mean) / max(1, count - 1)  # unbiased, as torch.std
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def fit_norm(model, X) -> None:
+    """Fit the model's Standardize layer: in one go for in-memory data (as before), in chunks
+    for a memmap."""
+    if not hasattr(model, "norm"):
+        return
+    view = as_view(X)
+    if not view.streamed:
+        model.norm.fit(np.asarray(view.X if view.index is None else view.X[view.index]))
+        return
+    mean, std = channel_stats(view)
+    model.norm.mean.copy_(torch.as_tensor(mean, dtype=torch.float32).reshape(model.norm.mean.shape))
+    model.norm.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6).reshape(model.norm.std.shape))
+
+
+def _batch(X: Rows, y: np.ndarray, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(X.take(X.rows(pos))), torch.from_numpy(np.asarray(y[pos], dtype=np.int64))
+
+
+class _BatchSet(torch.utils.data.Dataset):
+    """One item = one batch of positions (for DataLoader workers)."""
+
+    def __init__(self, X: Rows, y: np.ndarray):
+        self.X, self.y = X, y
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def __getitem__(self, pos: np.ndarray):
+        return _batch(self.X, self.y, pos)
+
+
+def batches(X: Rows, y: np.ndarray, positions: np.ndarray, batch_size: int, workers: int = 0,
+            pin: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) CPU tensors for consecutive slices of `positions` (positions within X's view;
+    y is aligned with the view). Each batch is read in sorted order, for locality."""
+    groups = [np.sort(positions[i : i + batch_size]) for i in range(0, len(positions), batch_size)]
+    if workers == 0:
+        for pos in groups:
+            yield _batch(X, y, pos)
+        return
+    loader = torch.utils.data.DataLoader(_BatchSet(X, y), sampler=groups, batch_size=None, num_workers=workers,
+                                         pin_memory=pin, prefetch_factor=4)
+    yield from loader

@@ -1,0 +1,165 @@
+"""Training engine on tiny literal data: checkpoints, exact resume, NaN stop, memmap streaming,
+sharding, precision checks. (DDP over real processes: tests/e2e/test_ddp.py.)"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components import checkpoint, distributed, engine, models, stream, train
+from components.config import ConfigError, TrainConfig, load_config
+
+
+def blobs(n=240, seed=0):
+    """Three separable gaussian blobs, (n, 6) float32 and int64 labels."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    X = rng.normal(size=(n, 6)).astype(np.float32) + y[:, None].astype(np.float32) * 1.5
+    return X, y.astype(np.int64)
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return models.MLP((6,), 3, hidden=(16,), dropout=0.1)
+
+
+CFG = TrainConfig(epochs=5, batch_size=32, lr=1e-2, patience=50, num_threads=1)
+
+
+def run(tmp_path=None, cfg=CFG, X=None, y=None, **kw):
+    X, y = (X, y) if X is not None else blobs()
+    m = mlp()
+    ckpt = None if tmp_path is None else tmp_path / "ckpt"
+    hist = train.fit(m, X[:200], y[:200], X[200:], y[200:], cfg, 0, progress=False, checkpoint_dir=ckpt, resume_key="k", **kw)
+    return hist, m
+
+
+def same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_checkpoints_are_atomic_named_by_digest_and_pruned(tmp_path):
+    for epoch in range(1, 5):
+        checkpoint.save(tmp_path, epoch, {"w": torch.full((3,), float(epoch))}, keep=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert [e.epoch for e in checkpoint.entries(tmp_path)] == [3, 4]
+    assert len(names) == 2 and not any(n.endswith(".tmp") for n in names)
+    state, path = checkpoint.load_latest(tmp_path)
+    assert state["epoch"] == 4 and torch.equal(state["w"], torch.full((3,), 4.0))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous_with_a_warning(tmp_path):
+    checkpoint.save(tmp_path, 1, {"w": torch.ones(2)}, keep=3)
+    latest = checkpoint.save(tmp_path, 2, {"w": torch.zeros(2)}, keep=3)
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # torn write
+    with pytest.warns(checkpoint.CheckpointWarning, match=latest.name):
+        state, path = checkpoint.load_latest(tmp_path)
+    assert state["epoch"] == 1 and path.name.startswith("epoch-0001")
+
+
+def test_flipped_byte_is_detected_even_when_torch_could_parse_it(tmp_path):
+    p = checkpoint.save(tmp_path, 1, {"w": torch.zeros(1000)}, keep=3)
+    raw = bytearray(p.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # inside the tensor data: the zip stays readable
+    p.write_bytes(bytes(raw))
+    with pytest.warns(checkpoint.CheckpointWarning, match="torn or corrupt"):
+        assert checkpoint.load_latest(tmp_path) is None
+
+
+class Payload:
+    def __reduce__(self):  # what a malicious checkpoint would carry
+        return (print, ("code ran while loading",))
+
+
+def test_checkpoint_holding_a_pickled_object_is_refused(tmp_path, capsys):
+    checkpoint.save(tmp_path, 1, {"w": torch.ones(1)}, keep=3)
+    checkpoint.save(tmp_path, 2, {"evil": Payload()}, keep=3)  # a valid digest: only the content is wrong
+    with pytest.raises(checkpoint.CheckpointError, match=r"epoch-0002.*refused.*pickled object \(print\)"):
+        checkpoint.load_latest(tmp_path)
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    full_hist, full = run()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(epoch, row):
+        if epoch == 3:
+            raise Stop
+
+    aug = lambda x, g: x + 0.1 * torch.randn(x.shape, generator=g)  # noqa: E731 - uses the saved generator
+    full_hist, full = run(augment=aug)
+    with pytest.raises(Stop):
+        run(tmp_path, augment=aug, on_epoch=stop_at_3)
+    assert [e.epoch for e in checkpoint.entries(tmp_path / "ckpt")] == [1, 2]
+    hist, resumed = run(tmp_path, augment=aug)
+    assert hist.resumed_from == 2 and len(hist.epochs) == CFG.epochs
+    assert hist.epochs == full_hist.epochs
+    assert same_weights(resumed, full)
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
+    run(tmp_path)
+    m = mlp()
+    X, y = blobs()
+    with pytest.warns(checkpoint.CheckpointWarning, match="another configuration"):
+        hist = train.fit(m, X[:200], y[:200], X[200:], y[200:], CFG, 0, progress=False,
+                         checkpoint_dir=tmp_path / "ckpt", resume_key="other")
+    assert hist.resumed_from == 0 and [e.epoch for e in checkpoint.entries(tmp_path / "ckpt")][-1] == CFG.epochs
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path):
+    calls = {"n": 0}
+    steps_per_epoch = -(-200 // CFG.batch_size)
+
+    def poison_epoch_3(x, g):
+        calls["n"] += 1
+        return x * float("nan") if calls["n"] > 2 * steps_per_epoch else x
+
+    with pytest.raises(engine.TrainingDiverged, match=r"loss is nan at epoch 3, step 1; lower train.lr"):
+        run(tmp_path, augment=poison_epoch_3)
+    kept = checkpoint.entries(tmp_path / "ckpt")
+    assert [e.epoch for e in kept] == [1, 2]
+    state, _ = checkpoint.load_latest(tmp_path / "ckpt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_memmap_streaming_matches_in_memory(tmp_path):
+    X, y = blobs()
+    np.save(tmp_path / "X.npy", X)
+    mm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    view = stream.Rows(mm, np.arange(200))
+    assert view.streamed and not stream.Rows(X).streamed
+    mean, std = stream.channel_stats(view)
+    np.testing.assert_allclose(mean, X[:200].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, X[:200].std(0, ddof=1), rtol=1e-5)
+    h_mem, m_mem = run()
+    m = mlp()
+    h_map = train.fit(m, view, y[:200], stream.Rows(mm, np.arange(200, 240)), y[200:], CFG, 0, progress=False)
+    assert [r["val_accuracy"] for r in h_map.epochs] == [r["val_accuracy"] for r in h_mem.epochs]
+    np.testing.assert_allclose([r["train_loss"] for r in h_map.epochs], [r["train_loss"] for r in h_mem.epochs], rtol=1e-4)
+
+
+def test_shards_partition_each_epoch_and_reshuffle():
+    parts = [distributed.shard(10, seed=0, epoch=1, rank=r, world=3) for r in range(3)]
+    assert {len(p) for p in parts} == {4}  # padded to equal counts (12 = 10 + 2 repeats)
+    assert set(np.concatenate(parts)) == set(range(10))
+    assert np.array_equal(parts[0], distributed.shard(10, 0, 1, 0, 3))
+    assert not np.array_equal(distributed.shard(10, 0, 1), distributed.shard(10, 0, 2))
+
+
+def test_precision_and_distributed_settings_are_checked():
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        engine.check_precision("fp16", torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"train.distributed.nproc_per_node: must be 'auto' or a whole number"):
+        load_config(None, ["train.distributed.nproc_per_node=0"])
+    assert distributed.resolve_nproc(3) == 3 and distributed.threads_per_rank(0, 2) >= 1
+
+
+def test_bf16_autocast_trains_on_cpu_like_fp32():
+    h16, _ = run(cfg=CFG.model_copy(update={"precision": "bf16"}))
+    h32, _ = run()
+    assert h16.epochs[-1]["val_accuracy"] > 0.6  # chance is 1/3
+    assert abs(h16.epochs[-1]["val_accuracy"] - h32.epochs[-1]["val_accuracy"]) <= 0.05

@@ -1,0 +1,176 @@
+"""Compression variants and their measurements, on tiny models and literal data."""
+import gzip
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from components import compress, measure, models
+from components.config import CompressConfig, TrainConfig, load_config
+from components.errors import ConfigError, MlpipeError
+from components.train import fit as train_fit
+
+MLP_SPEC = {"arch": "mlp", "args": {"in_shape": [16], "n_classes": 3, "hidden": [32], "dropout": 0.0}}
+CNN_SPEC = {"arch": "cnn", "args": {"in_shape": [1, 8, 8], "n_classes": 3, "hidden": [16], "dropout": 0.0, "channels": [8, 16]}}
+
+
+def blobs(n=120, shape=(16,), seed=0):
+    """Three classes, each a different mean pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    centers = rng.normal(size=(3, int(np.prod(shape)))) * 2
+    X = (centers[y] + rng.normal(size=(n, centers.shape[1]))).reshape(n, *shape).astype(np.float32)
+    return X, y.astype(np.int64)
+
+
+def trained(spec, X, y, epochs=5):
+    torch.manual_seed(0)
+    m = models.build(spec)
+    train_fit(m, X, y, X[:30], y[:30], TrainConfig(epochs=epochs, batch_size=32, patience=100), 0, progress=False)
+    return m.eval()
+
+
+def real_fit(X, y):
+    return lambda m, cfg: train_fit(m, X, y, X[:30], y[:30], cfg, 0, progress=False)
+
+
+def test_schedule_rises_to_target():
+    s = compress.sparsity_schedule(0.9, 3)
+    assert s == sorted(s) and s[-1] == pytest.approx(0.9) and s[0] > 0.9 / 3
+
+
+def test_unstructured_pruning_is_measured_from_weights_and_permanent(tmp_path):
+    X, y = blobs()
+    m = trained(MLP_SPEC, X, y)
+    cfg = CompressConfig(sparsity=0.8, prune_steps=2, step_epochs=1)
+    p = compress.prune_unstructured(m, cfg, real_fit(X, y), TrainConfig(epochs=1, batch_size=32, patience=100))
+    state = p.state_dict()
+    assert not any(k.endswith(("_orig", "_mask")) for k in state)  # masks folded in
+    w = [state[k] for k in state if k.endswith("weight")]
+    zeros, total = sum(int((t == 0).sum()) for t in w), sum(t.numel() for t in w)
+    assert zeros == round(0.8 * total)  # global: exact count across layers, not per layer
+    assert measure.weight_stats(p)["sparsity"] == pytest.approx(zeros / total)
+    models.save(p, MLP_SPEC, ["a", "b", "c"], tmp_path / "p.pt")
+    back, _, _ = models.load(tmp_path / "p.pt")
+    assert measure.weight_stats(back)["nonzeros"] == measure.weight_stats(p)["nonzeros"]
+    assert (m.net[1].weight != 0).all()  # the source model is untouched
+
+
+def _silence_half(model):
+    """Zero the second half of every hidden unit so that it outputs relu(0) = 0."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                h = mod.weight.shape[0] // 2
+                mod.weight[h:] = 0
+                mod.bias[h:] = 0
+        lin = [mod for mod in model.modules() if isinstance(mod, nn.Linear)][:-1]
+        for mod in lin:
+            h = mod.weight.shape[0] // 2
+            mod.weight[h:] = 0
+            mod.bias[h:] = 0
+
+
+@pytest.mark.parametrize("spec", [MLP_SPEC, CNN_SPEC], ids=["mlp", "cnn"])
+def test_structured_shrink_keeps_the_function_of_the_kept_units(spec):
+    X, y = blobs(shape=tuple(spec["args"]["in_shape"]))
+    m = trained(spec, X, y, epochs=2)
+    _silence_half(m)  # the removed half then carries nothing: the narrow model must match exactly
+    small, small_spec = compress.shrink(m, spec, 0.5)
+    x = torch.as_tensor(X[:20])
+    torch.testing.assert_close(small(x), m(x), rtol=1e-4, atol=1e-4)
+    assert small_spec["args"]["hidden"] == [w // 2 for w in spec["args"]["hidden"]]
+    in_shape = spec["args"]["in_shape"]
+    if spec["arch"] == "cnn":
+        assert measure.count_macs(m, in_shape) / measure.count_macs(small, in_shape) > 3.0  # convs: in and out halved
+    assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in m.parameters())
+
+
+def test_count_macs_by_hand():
+    conv = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 5, 7))
+    assert measure.count_macs(conv, (2, 5, 5)) == 4 * 5 * 5 * 2 * 3 * 3 + 100 * 7
+
+
+@pytest.mark.parametrize("spec,mode", [(CNN_SPEC, "static"), (MLP_SPEC, "dynamic")], ids=["cnn-static", "mlp-dynamic"])
+def test_int8_layers_are_int8_and_predict_like_fp32(tmp_path, spec, mode):
+    X, y = blobs(shape=tuple(spec["args"]["in_shape"]))
+    m = trained(spec, X, y)
+    path = compress.quantize_int8(m, spec, ["a", "b", "c"], X[:64], tmp_path / "q.onnx", mode)
+    types = compress.onnx_weight_types(path)
+    assert types and set(types.values()) == {"INT8"}, types
+    q, spec_back, classes = compress.load_model_file(path, threads=1)
+    assert spec_back == spec and classes == ["a", "b", "c"]
+    with torch.no_grad():
+        agree = (q(torch.as_tensor(X)).argmax(1) == m(torch.as_tensor(X)).argmax(1)).float().mean().item()
+    assert agree > 0.9  # (size: a model this small is dominated by per-channel scales; see the next test)
+
+
+def test_int8_is_much_smaller_for_a_weight_heavy_model(tmp_path):
+    spec = {"arch": "mlp", "args": {"in_shape": [64], "n_classes": 3, "hidden": [256, 256], "dropout": 0.0}}
+    X, y = blobs(shape=(64,))
+    m = models.build(spec).eval()
+    q = compress.quantize_int8(m, spec, ["a", "b", "c"], X, tmp_path / "q.onnx", "dynamic")
+    models.save(m, spec, ["a", "b", "c"], tmp_path / "m.pt")
+    assert os.path.getsize(tmp_path / "m.pt") / os.path.getsize(q) > 3.5
+
+
+def test_foreign_onnx_is_refused(tmp_path):
+    import onnx
+
+    m = models.build(MLP_SPEC).eval()
+    torch.onnx.export(m, (torch.zeros(1, 16),), str(tmp_path / "x.onnx"), dynamo=False)
+    with pytest.raises(MlpipeError, match="x.onnx.*mlpipe.onnx/1"):
+        compress.load_model_file(tmp_path / "x.onnx")
+    assert onnx.load(str(tmp_path / "x.onnx")).graph.node
+
+
+def test_measure_reads_size_from_the_file_and_accuracy_from_predictions(tmp_path):
+    X, y = blobs()
+    m = trained(MLP_SPEC, X, y)
+    models.save(m, MLP_SPEC, ["a", "b", "c"], tmp_path / "m.pt")
+    row = measure.measure("fp32", tmp_path / "m.pt", lambda t: compress.load_model_file(tmp_path / "m.pt", t)[0], "t",
+                          X, y, 0, measure.weight_stats(m), threads=1, repeats=3)
+    data = (tmp_path / "m.pt").read_bytes()
+    assert row.size_bytes == len(data) and row.gzip_bytes == len(gzip.compress(data, compresslevel=9, mtime=0))
+    with torch.no_grad():
+        acc = (m(torch.as_tensor(X)).argmax(1).numpy() == y).mean()
+    assert row.accuracy == pytest.approx(acc)
+    assert row.latency_b1_ms > 0 and row.latency_b256_ms > row.latency_b1_ms
+
+
+def _row(variant, acc, size, lat, accepted=True):
+    return {"variant": variant, "accuracy": acc, "size_bytes": size, "latency_b1_ms": lat, "latency_b256_ms": lat * 50,
+            "accepted": accepted}
+
+
+TABLE = [_row("fp32", 0.990, 400_000, 0.20), _row("int8", 0.985, 110_000, 0.05),
+         _row("pruned", 0.991, 400_000, 0.21), _row("structured", 0.960, 90_000, 0.03, accepted=False)]
+
+
+@pytest.mark.parametrize("objective,variant", [("accuracy", "pruned"), ("smallest_within_budget", "int8"),
+                                               ("fastest_within_budget", "int8")])
+def test_choose_on_a_hand_built_table(objective, variant):
+    best, why = measure.choose(TABLE, objective)
+    assert best["variant"] == variant and variant in why and "structured" not in why.split("among")[1]
+
+
+def test_choose_prefers_fp32_on_an_accuracy_tie():
+    rows = [_row("int8", 0.99, 100, 0.1), _row("fp32", 0.99, 400, 0.2)]
+    assert measure.choose(rows, "accuracy")[0]["variant"] == "fp32"
+
+
+def test_budget_rejects_beyond_the_drop():
+    rows = [measure.Row(v, "f", "m", acc, acc, 0.0, 1, 1, 1, 1, 0.0, 1, 1.0, 0.0, 1.0, 0.0, 0.0)
+            for v, acc in [("fp32", 0.95), ("int8", 0.945), ("pruned", 0.93)]]
+    out = {r.variant: r for r in measure.apply_budget(rows, 0.01)}
+    assert out["int8"].accepted and not out["pruned"].accepted
+    assert out["pruned"].accuracy_drop == pytest.approx(0.02) and "over budget" in out["pruned"].reason
+
+
+def test_config_names_the_key():
+    with pytest.raises(ConfigError, match="compress.max_accuracy_drop"):
+        load_config(None, ["compress.max_accuracy_drop=2"])
+    with pytest.raises(ConfigError, match="promote.objective"):
+        load_config(None, ["promote.objective=cheapest"])

@@ -1,0 +1,151 @@
+"""The tune and cv stages through the real entry points: `mlpipe stage tune` with a worker
+killed by SIGKILL and a re-run, the Prefect flow (`mlpipe run`), and `dvc repro`."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import optuna
+import psutil
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from components import data
+from components.config import load_config
+from tests.conftest import BIN, REPO, cli, write_params
+
+pytestmark = pytest.mark.slow
+
+# a few small trials of 2-3 epochs; CV with 2 folds
+SHRUNK = {
+    "tune": {"n_trials": 4, "n_workers": 2, "epochs": [2, 3], "lr": [0.01, 0.03], "width": [8], "depth": [1, 1], "batch_size": [64],
+             "min_resource": 1, "pruner": "median"},
+    "cv": {"folds": 2},
+    "model": {"hidden": [16]},
+    "compress": {"enabled": False},
+    "promote": {"accuracy_floor": 0.5},
+}
+
+
+def prepare(project):
+    cfg = load_config(project / "params.yaml")
+    data.save_prepared(data.ingest(cfg.data, cfg.seed), project / "data" / "prepared")
+
+
+def journal_study(project) -> optuna.Study:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(project / ".mlpipe" / "optuna" / "journal.log")))
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def states(study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials():
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def test_killed_worker_then_rerun_completes_the_budget(project):
+    write_params(project, **{**SHRUNK, "tune": {**SHRUNK["tune"], "n_trials": 8, "epochs": [3, 4], "pruner": "none"}})
+    prepare(project)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(project / ".prefect")}
+    stage = subprocess.Popen([str(BIN / "mlpipe"), "stage", "tune"], cwd=project, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    victim = None
+    while time.time() < deadline and stage.poll() is None:
+        journal = project / ".mlpipe" / "optuna" / "journal.log"
+        if journal.exists() and journal.stat().st_size:
+            s = states(journal_study(project))
+            if s.get("COMPLETE", 0) >= 1 and s.get("RUNNING", 0) >= 1:
+                workers = [c for c in psutil.Process(stage.pid).children(recursive=True) if "flows.tuning" in " ".join(c.cmdline())]
+                victim = workers[0]
+                os.kill(victim.pid, signal.SIGKILL)
+                break
+        time.sleep(0.2)
+    out, err = stage.communicate(timeout=300)
+    assert victim is not None, f"no trial was seen running: {out[-1500:]} {err[-1500:]}"
+    assert stage.returncode == 2 and "killed by SIGKILL" in err, err[-2000:]
+    left = states(journal_study(project))
+    assert left.get("RUNNING", 0) >= 1  # the killed worker's trial
+
+    again = cli("stage", "tune", cwd=project)
+    assert again.returncode == 0, again.stderr[-2000:]
+    study = journal_study(project)
+    s = states(study)
+    assert s.get("COMPLETE", 0) + s.get("PRUNED", 0) == 8 and s.get("RUNNING", 0) == 0 and s.get("FAIL", 0) >= 1
+    failed = {t.number: t.params for t in study.get_trials(states=(TrialState.FAIL,))}
+    retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") in failed]
+    assert retried and all(t.params.items() >= failed[t.user_attrs["retry_of"]].items() for t in retried)
+
+    third = cli("stage", "tune", cwd=project)  # budget spent: no new trial
+    assert third.returncode == 0 and len(journal_study(project).trials) == len(study.trials)
+
+
+def test_tune_and_cv_in_the_prefect_flow(project):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    write_params(project, **SHRUNK)
+    r = cli("run", cwd=project)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "tuning" in r.stdout and "cv accuracy" in r.stdout
+    best = yaml.safe_load((project / "reports/tune/best_params.json").read_text())
+    cvm = yaml.safe_load((project / "reports/cv/cv_metrics.json").read_text())
+    assert best["tuned"] and cvm["folds"] == 2 and 0.5 < cvm["accuracy_mean"] <= 1
+    for plot in ("optimization_history.png", "parallel_coordinate.png"):
+        assert (project / "reports/tune" / plot).exists()
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("mlpipe")
+    runs = client.search_runs([exp.experiment_id], max_results=500)
+    by_stage = {}
+    for run in runs:
+        by_stage.setdefault(run.data.tags.get("mlpipe.stage"), []).append(run)
+    (tune_run,) = by_stage["tune"]
+    parent = tune_run.data.tags["mlflow.parentRunId"]
+    trials = by_stage["tune.trial"]
+    assert len(trials) == 4 and {t.data.tags["mlflow.parentRunId"] for t in trials} == {tune_run.info.run_id}
+    assert all(t.data.tags["optuna.state"] in ("COMPLETE", "PRUNED") and t.info.status == "FINISHED" for t in trials)
+    assert all("val_loss" in t.data.metrics for t in trials)
+    assert len(by_stage["cv.fold"]) == 2
+    assert "tune_best_value" in client.get_run(parent).data.metrics and "cv_accuracy_mean" in client.get_run(parent).data.metrics
+    (train_run,) = by_stage["train"]
+    assert int(train_run.data.params["train.epochs"]) == best["params"]["epochs"]  # train read best_params.json
+    assert {"tune/optimization_history.png", "tune/best_params.json"} <= {
+        f.path for d in client.list_artifacts(tune_run.info.run_id) for f in client.list_artifacts(tune_run.info.run_id, d.path)}
+
+
+def test_tune_and_cv_under_dvc_repro(tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for name in ("components", "flows"):
+        shutil.copytree(REPO / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", proj)
+    shutil.copy(REPO / "params.yaml", proj)
+    write_params(proj, **{**SHRUNK, "tune": {**SHRUNK["tune"], "n_workers": 1, "n_trials": 3}})
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(proj)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def sh(*cmd):
+        r = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, f"{cmd}: {r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+        return r.stdout + r.stderr
+
+    sh("git", "init", "-q")
+    sh(str(BIN / "dvc"), "init", "-q")
+    first = sh(str(BIN / "dvc"), "repro", "cv")
+    assert re.findall(r"Running stage '(\w+)'", first) == ["ingest", "validate", "augment", "tune", "cv"]
+    assert (proj / "reports/tune/best_params.json").exists() and (proj / "reports/cv/cv_metrics.json").exists()
+    assert len(journal_study(proj).trials) == 3
+    second = sh(str(BIN / "dvc"), "repro", "cv")
+    assert "Running stage" not in second
