@@ -57,19 +57,22 @@ def pruning(args) -> None:
             while used[0] < args.budget:
                 study.optimize(lambda t: tune.objective(t, cfg, td, log=count), n_trials=1)
             c = tune.counts(study)
-            accs = [t.user_attrs["val_accuracy"] for t in study.trials if t.state.name == "COMPLETE"]
+            done = [t for t in study.trials if t.state.name == "COMPLETE"]
+            accs = [t.user_attrs["val_accuracy"] for t in done]
             rows.append({"pruner": pruner, "seed": seed, "epochs": used[0], "finished": c["complete"] + c["pruned"],
                          "complete": c["complete"], "pruned": c["pruned"], "best_val_acc": max(accs) if accs else float("nan"),
+                         "best_val_loss": min(t.value for t in done) if done else float("nan"),
                          "wall_s": time.perf_counter() - t0})
             print(json.dumps(rows[-1]), flush=True)
-    print("\n| pruner | seed | epochs used | trials finished (complete + pruned) | best val acc | wall s |\n|---|---|---|---|---|---|")
+    print("\n| pruner | seed | epochs used | trials finished (complete + pruned) | best val acc | best val loss | wall s |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['pruner']} | {r['seed']} | {r['epochs']} | {r['finished']} ({r['complete']} + {r['pruned']}) | "
-              f"{r['best_val_acc']:.4f} | {r['wall_s']:.0f} |")
+              f"{r['best_val_acc']:.4f} | {r['best_val_loss']:.4f} | {r['wall_s']:.0f} |")
     for p in ("none", args.pruner):
         sel = [r for r in rows if r["pruner"] == p]
         print(f"\n{p}: mean trials {statistics.mean(r['finished'] for r in sel):.1f}, "
-              f"mean best val acc {statistics.mean(r['best_val_acc'] for r in sel):.4f}")
+              f"mean best val acc {statistics.mean(r['best_val_acc'] for r in sel):.4f}, "
+              f"mean best val loss {statistics.mean(r['best_val_loss'] for r in sel):.4f}")
     n0 = statistics.mean(r["finished"] for r in rows if r["pruner"] == "none")
     n1 = statistics.mean(r["finished"] for r in rows if r["pruner"] == args.pruner)
     print(f"trials ratio {args.pruner}/none: {n1 / n0:.2f}x")

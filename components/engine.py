@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -94,7 +95,8 @@ def _save(folder: Path, key: str, keep: int, st: LoopState, model, opt, sched, s
         "scheduler": sched.state_dict() if sched is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs,
         "loop": {"best": st.best, "bad": st.bad, "done": st.done, "best_state": st.best_state,
-                 "history": {"epochs": h.epochs, "best_epoch": h.best_epoch, "stopped_early": h.stopped_early}},
+                 "history": {"epochs": h.epochs, "best_epoch": h.best_epoch, "stopped_early": h.stopped_early,
+                             "train_seconds": h.train_seconds}},
     }
     return checkpoint.save(folder, st.epoch, state, keep)
 
@@ -125,7 +127,9 @@ def _resume(folder: Path, key: str, d: distributed.Dist, model, opt, sched, scal
     set_rng_state(state["rng"][d.rank], g, d.device)
     loop, h = state["loop"], st.history
     st.epoch, st.best, st.bad, st.done, st.best_state = state["epoch"], loop["best"], loop["bad"], loop["done"], loop["best_state"]
-    h.epochs, h.best_epoch, h.stopped_early = list(loop["history"]["epochs"]), loop["history"]["best_epoch"], loop["history"]["stopped_early"]
+    saved = loop["history"]
+    h.epochs, h.best_epoch, h.stopped_early = list(saved["epochs"]), saved["best_epoch"], saved["stopped_early"]
+    h.train_seconds = list(saved["train_seconds"])
     return Path(name)
 
 
@@ -227,7 +231,9 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
         for epoch in range(st.epoch + 1, cfg.epochs + 1):
             if st.done:
                 break
+            t0 = time.perf_counter()
             train_loss = _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g)
+            hist.train_seconds.append(time.perf_counter() - t0)
             val_loss, val_acc = evaluate(model, Xv, yv, d, cfg.precision, cfg.channels_last)
             if not math.isfinite(val_loss):
                 raise TrainingDiverged(f"training diverged: validation loss is {val_loss} at epoch {epoch}; lower train.lr "

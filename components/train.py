@@ -45,10 +45,11 @@ class History:
     best_epoch: int = 0
     stopped_early: bool = False
     resumed_from: int = 0  # last epoch restored from a checkpoint; 0 = a fresh start
+    train_seconds: list[float] = field(default_factory=list)  # wall time of each epoch's training steps
 
     def to_dict(self) -> dict:
         return {"epochs": self.epochs, "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
-                "resumed_from": self.resumed_from}
+                "resumed_from": self.resumed_from, "train_seconds": self.train_seconds}
 
 
 def _batches(n: int, batch_size: int, g: torch.Generator | None):

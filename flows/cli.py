@@ -117,14 +117,17 @@ def deploy(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
     schedule.work_pool it is served here and this command keeps running; with one, it is registered and returns."""
     _env()
     cfg = _config(params, sets)
+    from components.errors import MlpipeError
     from flows import deploy as d
 
-    if cfg.schedule.work_pool:
+    try:
+        if not cfg.schedule.work_pool:
+            return d.serve(cfg, params, sets, Path.cwd())
         dep = d.to_pool(cfg, params, sets, Path.cwd(), image)
-        out.print(f"deployment mlpipe/{cfg.schedule.name} ({dep}) on work pool {cfg.schedule.work_pool}; "
-                  f"start a worker: prefect worker start --pool {cfg.schedule.work_pool}", highlight=False)
-    else:
-        d.serve(cfg, params, sets, Path.cwd())
+    except MlpipeError as e:
+        _fail(e)
+    out.print(f"deployment mlpipe/{cfg.schedule.name} ({dep}) on work pool {cfg.schedule.work_pool}; "
+              f"start a worker: prefect worker start --pool {cfg.schedule.work_pool}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -144,8 +147,8 @@ def serve(params: Path = PARAMS,
     except MlpipeError as e:
         _fail(e)
     for s in started:
-        out.print(f"{s.name:8} pid {s.pid}  {s.url}  log {s.log}", highlight=False)
-    out.print(f"export MLFLOW_TRACKING_URI={started[0].url} PREFECT_API_URL={started[1].url}", highlight=False)
+        out.print(f"{s.name:8} pid {s.pid}  {s.url}  log {s.log}", highlight=False, soft_wrap=True)
+    out.print(f"export MLFLOW_TRACKING_URI={started[0].url} PREFECT_API_URL={started[1].url}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from components.config import Config
+from components.errors import MlpipeError
 
 ENTRYPOINT = "flows/pipeline.py:pipeline"
 PROMOTION_LIMIT = "mlpipe-promotion"  # global concurrency limit, 1 slot: one gate + alias move at a time
@@ -32,8 +33,16 @@ def schedules(cfg: Config) -> list:
     return [Cron(s.cron, timezone=s.timezone)] if s.cron else []
 
 
+def require_server() -> None:
+    """A deployment lives in a Prefect server; the temporary per-process API would forget it."""
+    if not prefect_server_configured():
+        raise MlpipeError("mlpipe deploy: PREFECT_API_URL is not set; start servers with `mlpipe serve` "
+                          "(then export PREFECT_API_URL=http://127.0.0.1:4200/api) or point it at a shared Prefect server")
+
+
 def serve(cfg: Config, params: Path, sets: list[str] | None, root: Path) -> None:
     """Create the deployment and run its scheduled (and triggered) runs here; blocks."""
+    require_server()
     from flows.pipeline import pipeline
 
     pipeline.serve(name=cfg.schedule.name, schedules=schedules(cfg), parameters=flow_parameters(params, sets, root),
@@ -43,6 +52,7 @@ def serve(cfg: Config, params: Path, sets: list[str] | None, root: Path) -> None
 def to_pool(cfg: Config, params: Path, sets: list[str] | None, root: Path, image: str | None = None) -> str:
     """Register the deployment with cfg.schedule.work_pool -> deployment id. Process pools run
     the code from this folder; Docker/Kubernetes pools from `image` (built from infra/Dockerfile)."""
+    require_server()
     from prefect import flow
 
     kwargs = dict(name=cfg.schedule.name, work_pool_name=cfg.schedule.work_pool, schedules=schedules(cfg),

@@ -135,8 +135,7 @@ def start_both(mlflow: Server, prefect: Server, timeout: float = 120.0) -> tuple
     try:
         return wait_healthy(mlflow, "/health", timeout), wait_healthy(prefect, "/health", timeout)
     except BaseException:
-        stop(mlflow.pid)
-        stop(prefect.pid)
+        stop(mlflow.pid, prefect.pid)
         raise
 
 
@@ -169,18 +168,23 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def stop(pid: int, timeout: float = 15.0) -> None:
-    """SIGTERM the process group (server + its workers), then SIGKILL what is left."""
+def stop(*pids: int, timeout: float = 15.0) -> None:
+    """SIGTERM each process group (server + its workers) at once, then SIGKILL what is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
+        left = []
+        for pid in pids:
+            try:
+                os.killpg(pid, sig)
+                left.append(pid)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
+        while left and time.monotonic() < deadline:
+            left = [p for p in left if _alive(p)]
             time.sleep(0.2)
+        if not left:
+            return
+        pids = tuple(left)
 
 
 # --- `mlpipe serve` / `mlpipe stop`: background servers with pid files ------------------------
@@ -205,16 +209,14 @@ def running(root: Path) -> dict[str, Server]:
 
 
 def stop_all(root: Path) -> list[str]:
-    """Stop every server with a pid file (the serve process first) -> names stopped."""
-    order = {"deploy": 0, "prefect": 1, "mlflow": 2}
-    stopped = []
-    for f in sorted(pid_dir(root).glob("*.pid"), key=lambda f: order.get(f.stem, 9)):
-        pid = int(f.read_text().split("\n")[0])
-        if _alive(pid):
-            stop(pid)
-            stopped.append(f.stem)
+    """Stop every server with a pid file, all at once -> names stopped."""
+    files = sorted(pid_dir(root).glob("*.pid"))
+    pids = {f.stem: int(f.read_text().split("\n")[0]) for f in files}
+    alive = {name: pid for name, pid in pids.items() if _alive(pid)}
+    stop(*alive.values())
+    for f in files:
         f.unlink()
-    return stopped
+    return list(alive)
 
 
 def serve_all(root: Path, params: Path, mlflow_port: int = 5000, prefect_port: int = 4200, deploy: bool = True) -> list[Server]:

@@ -80,8 +80,6 @@ def test_checkpoint_holding_a_pickled_object_is_refused(tmp_path, capsys):
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
-    full_hist, full = run()
-
     class Stop(Exception):
         pass
 
@@ -126,7 +124,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_memmap_streaming_matches_in_memory(tmp_path):
+def test_memmap_streaming_matches_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "KEEP_MAPPED_BYTES", 0)  # stream even this small file
     X, y = blobs()
     np.save(tmp_path / "X.npy", X)
     mm = np.load(tmp_path / "X.npy", mmap_mode="r")
@@ -140,6 +139,9 @@ def test_memmap_streaming_matches_in_memory(tmp_path):
     h_map = train.fit(m, view, y[:200], stream.Rows(mm, np.arange(200, 240)), y[200:], CFG, 0, progress=False)
     assert [r["val_accuracy"] for r in h_map.epochs] == [r["val_accuracy"] for r in h_mem.epochs]
     np.testing.assert_allclose([r["train_loss"] for r in h_map.epochs], [r["train_loss"] for r in h_mem.epochs], rtol=1e-4)
+    h_workers = train.fit(mlp(), view, y[:200], stream.Rows(mm, np.arange(200, 240)), y[200:],
+                          CFG.model_copy(update={"loader_workers": 2, "epochs": 2}), 0, progress=False)
+    assert [r["train_loss"] for r in h_workers.epochs] == [r["train_loss"] for r in h_map.epochs[:2]]
 
 
 def test_shards_partition_each_epoch_and_reshuffle():
@@ -163,3 +165,34 @@ def test_bf16_autocast_trains_on_cpu_like_fp32():
     h32, _ = run()
     assert h16.epochs[-1]["val_accuracy"] > 0.6  # chance is 1/3
     assert abs(h16.epochs[-1]["val_accuracy"] - h32.epochs[-1]["val_accuracy"]) <= 0.05
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_on_cuda_trains_like_fp32(precision):
+    h_mixed, m = run(cfg=CFG.model_copy(update={"precision": precision}))
+    h32, _ = run()
+    assert next(m.parameters()).device.type == "cuda"
+    assert abs(h_mixed.epochs[-1]["val_accuracy"] - h32.epochs[-1]["val_accuracy"]) <= 0.05
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_checkpoint_resume_is_exact(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(epoch, row):
+        if epoch == 3:
+            raise Stop
+
+    full_hist, full = run()
+    with pytest.raises(Stop):
+        run(tmp_path, on_epoch=stop_at_3)
+    hist, resumed = run(tmp_path)
+    assert hist.resumed_from == 2
+    assert [r["val_accuracy"] for r in hist.epochs] == [r["val_accuracy"] for r in full_hist.epochs]

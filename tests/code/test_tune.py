@@ -1,7 +1,6 @@
 """components/tune.py on tiny data with real Optuna studies (in memory, journal file, Postgres)."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap

@@ -187,3 +187,20 @@ def test_mlflow_ui_shows_champion_in_a_browser(stack, two_runs, tmp_path):
     res = _chromium(url, tmp_path / "profile-shot", f"--screenshot={shot}")
     assert res.returncode == 0 and shot.stat().st_size > 20_000, res.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_deploy_to_a_process_work_pool(stack, tmp_path):
+    """`mlpipe deploy` with schedule.work_pool registers the deployment and returns."""
+    write_params(tmp_path, schedule={"name": "pooled", "cron": "30 3 * * 1-5", "timezone": "Europe/Berlin", "work_pool": "mlpipe-test"})
+    env = _env(stack, tmp_path)
+    pool = subprocess.run([str(BIN / "prefect"), "work-pool", "create", "mlpipe-test", "--type", "process"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    r = subprocess.run([str(BIN / "mlpipe"), "deploy", *QUICK], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "prefect worker start --pool mlpipe-test" in r.stdout
+    dep = _api(stack["prefect"] + "/deployments/name/mlpipe/pooled")
+    assert dep["work_pool_name"] == "mlpipe-test" and dep["entrypoint"] == "flows/pipeline.py:pipeline"
+    assert [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in dep["schedules"]] == [("30 3 * * 1-5", "Europe/Berlin")]
+    assert dep["parameters"]["overrides"] == [q.removeprefix("--set=") for q in QUICK]
+    assert dep["parameters"]["root"] == str(tmp_path.resolve())

@@ -72,8 +72,7 @@ def shared(fresh_dbs, tmp_path_factory):
     prefect = servers.launch_prefect(state, servers.free_port(), f"postgresql+asyncpg://postgres@127.0.0.1:5432/{fresh_dbs['prefect']}")
     mlflow, prefect = servers.start_both(mlflow, prefect)
     yield {"mlflow": mlflow.url, "prefect": prefect.url, "password": password, "state": state}
-    servers.stop(mlflow.pid)
-    servers.stop(prefect.pid)
+    servers.stop(mlflow.pid, prefect.pid)
 
 
 def _get(url: str, auth: tuple[str, str] | None = None) -> int:

@@ -1,0 +1,94 @@
+"""GPU throughput of the training engine: a ResNet-style CNN on CIFAR-sized synthetic images
+(3x32x32, 10 classes), fp32 vs bf16 vs fp16, through components.engine (the train stage's loop).
+Needs CUDA; prints one JSON line per precision. 1 vs N ranks: run the train stage with
+train.distributed.nproc_per_node=N (one process per GPU, NCCL).
+
+    .venv/bin/python benchmarks/bench_gpu.py [--n 50000] [--epochs 3] [--batch 256]
+
+Not measured yet: no GPU was lent to the session that wrote it (see BENCHMARKS.md)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.skip = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.skip(x))
+
+
+class ResNetish(nn.Module):
+    """ResNet-18-like widths (64..512), 8 residual blocks, for 32x32 inputs."""
+
+    def __init__(self, n_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        widths, layers, c = (64, 128, 256, 512), [], 64
+        for i, w in enumerate(widths):
+            layers += [Block(c, w, 1 if i == 0 else 2), Block(w, w, 1)]
+            c = w
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(c, n_classes)
+
+    def forward(self, x):  # (B, 3, 32, 32) -> (B, n_classes)
+        return self.head(self.layers(self.stem(x)).mean((2, 3)))
+
+
+def main() -> None:
+    from components import engine
+    from components.config import TrainConfig
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--n", type=int, default=50_000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--precisions", default="fp32,bf16,fp16")
+    p.add_argument("--channels-last", action="store_true")
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_gpu.py needs a CUDA device")
+    torch.backends.cudnn.benchmark = True
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, a.n).astype(np.int64)
+    X = (rng.standard_normal((a.n, 3, 32, 32), dtype=np.float32) * 0.5 + y[:, None, None, None] * 0.05).astype(np.float32)
+    Xv, yv = X[:2048], y[:2048]
+    for prec in a.precisions.split(","):
+        cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch, lr=2e-3, patience=1000, precision=prec,
+                          channels_last=a.channels_last, checkpoint_every=0)
+        torch.manual_seed(0)
+        model = ResNetish()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        hist = engine.train_loop(model, X, y, Xv, yv, cfg, 0, progress=False)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        steady = hist.train_seconds[1:] or hist.train_seconds  # epoch 1 includes cudnn autotuning
+        print(json.dumps({"bench": "gpu", "device": torch.cuda.get_device_name(), "precision": prec,
+                          "channels_last": a.channels_last, "n": a.n, "batch": a.batch, "epochs": a.epochs,
+                          "samples_s_steady": a.n / (sum(steady) / len(steady)), "wall_s": wall,
+                          "train_loss_last": hist.epochs[-1]["train_loss"],
+                          "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9}))
+        torch.cuda.reset_peak_memory_stats()
+
+
+if __name__ == "__main__":
+    main()

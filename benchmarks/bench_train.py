@@ -1,0 +1,212 @@
+"""Training-engine benchmarks (issue 4). CPU only; prints one JSON line per measurement.
+
+    .venv/bin/python benchmarks/bench_train.py overhead [--repeats 3] [--epochs 5]
+    .venv/bin/python benchmarks/bench_train.py memmap [--gb 4]
+    .venv/bin/python benchmarks/bench_train.py ddp [--epochs 20]
+
+overhead: the train stage's compute (flows/train_worker.train_model: memmap streaming, validation
+  every epoch, atomic checkpoints, model + history files) against benchmarks/bare_loop.py, same
+  model, data, batch size, epochs, threads; runs interleaved; throughput = training samples/s.
+memmap: one epoch over a synthetic float32 dataset of --gb GB written under /tmp (deleted after),
+  in a fresh process; reports its peak RSS.
+ddp: the train stage on digits with 1 rank x 2 threads and 2 ranks x 1 thread (gloo, elastic
+  launcher): test accuracy and training throughput of each."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+
+
+def _prepared_digits(root: Path) -> None:
+    from components import data
+    from components.config import load_config
+
+    cfg = load_config(None)
+    data.save_prepared(data.ingest(cfg.data, cfg.seed), root / "data" / "prepared")
+
+
+def overhead(repeats: int, epochs: int, threads: int) -> None:
+    import torch
+
+    from bare_loop import bare_train
+    from components import data, distributed, models, train
+    from components.config import load_config
+    from flows import train_worker
+
+    root = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    try:
+        _prepared_digits(root)
+        cfg = load_config(None, [f"train.epochs={epochs}", "augment.enabled=false", "train.patience=1000",
+                                 f"train.num_threads={threads}"])
+        torch.set_num_threads(threads)
+        ds = data.load_prepared(root / "data" / "prepared")
+        tr, _ = train.val_split(ds.y_train, cfg.data.val_size, cfg.seed)
+        spec = models.model_args(cfg.model, ds.meta.feature_shape, ds.meta.n_classes, ds.meta.kind)
+        stage, bare, stage_cpu, bare_cpu, steps_only = [], [], [], [], []
+        samples = len(tr) * epochs
+
+        def run_stage():
+            shutil.rmtree(root / "models", ignore_errors=True)
+            w, c = time.perf_counter(), time.process_time()
+            hist, _, _ = train_worker.train_model(cfg, root, distributed.single(), progress=False)
+            steps_only.append(samples / sum(hist.train_seconds))
+            return samples / (time.perf_counter() - w), samples / (time.process_time() - c)
+
+        def run_bare():
+            train.seed_everything(cfg.seed)
+            c = time.process_time()
+            b = bare_train(models.build(spec), ds.X_train[tr], ds.y_train[tr], epochs, cfg.train.batch_size, cfg.train.lr, cfg.seed)
+            return b, samples / (time.process_time() - c)
+
+        run_stage(), run_bare()  # warm-up: imports, allocator, first-step dispatch
+        steps_only.clear()
+        for i in range(repeats):  # interleaved, alternating order, so drifting load hits both alike
+            pair = (run_stage(), run_bare()) if i % 2 == 0 else tuple(reversed((run_bare(), run_stage())))
+            (sw, sc), (bw, bc) = pair
+            stage.append(sw), stage_cpu.append(sc), bare.append(bw), bare_cpu.append(bc)
+        wall_ratios = [a / b for a, b in zip(stage, bare)]
+        cpu_ratios = [a / b for a, b in zip(stage_cpu, bare_cpu)]
+        print(json.dumps({"bench": "overhead", "epochs": epochs, "repeats": repeats, "threads": threads, "n_train": int(len(tr)),
+                          "note": "stage = the whole train_model call (validation each epoch, checkpoints, model file)",
+                          "stage_samples_s_wall": stage, "bare_samples_s_wall": bare, "ratio_wall": wall_ratios,
+                          "ratio_wall_median": statistics.median(wall_ratios), "ratio_cpu_time": cpu_ratios,
+                          "ratio_cpu_time_median": statistics.median(cpu_ratios),
+                          "ratio_cpu_time_min_max": [min(cpu_ratios), max(cpu_ratios)],
+                          "ratio_train_steps_only_wall": [a / b for a, b in zip(steps_only, bare)], "loadavg": loadavg()}))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _write_synthetic(root: Path, gb: float, shape=(1, 32, 32), classes: int = 10) -> int:
+    """A prepared dataset of about `gb` GB (X_train float32), written in chunks: never in RAM."""
+    from numpy.lib.format import open_memmap
+
+    from components import data
+
+    prep = root / "data" / "prepared"
+    prep.mkdir(parents=True)
+    row = int(np.prod(shape)) * 4
+    n = int(gb * 1e9) // row
+    X = open_memmap(prep / "X_train.npy", mode="w+", dtype=np.float32, shape=(n, *shape))
+    rng = np.random.default_rng(0)
+    y = (np.arange(n) % classes).astype(np.int64)
+    step = 32_768
+    for i in range(0, n, step):
+        k = min(step, n - i)
+        X[i : i + k] = rng.standard_normal((k, *shape), dtype=np.float32) * 0.5 + y[i : i + k, None, None, None] * 0.1
+    X.flush()
+    del X
+    np.save(prep / "y_train.npy", y)
+    np.save(prep / "X_test.npy", np.zeros((classes, *shape), np.float32))
+    np.save(prep / "y_test.npy", np.arange(classes, dtype=np.int64))
+    meta = data.Meta(source="synthetic", kind="image", feature_shape=list(shape), classes=[str(c) for c in range(classes)],
+                     n_train=n, n_test=classes, class_counts={}, value_range=None, content_hash="synthetic", seed=0, test_size=0.0)
+    (prep / "meta.json").write_text(json.dumps(meta.__dict__))
+    return n
+
+
+def memmap_child(root: str) -> None:
+    """One epoch of the train stage's compute over the memmap; prints peak RSS."""
+    from components import distributed, train
+    from components.config import load_config
+    from flows import train_worker
+
+    cfg = load_config(None, ["train.epochs=1", "train.batch_size=512", "augment.enabled=false", "model.kind=mlp",
+                             "model.hidden=[64]", "data.val_size=0.01"])
+    train.set_threads(2)
+    t0 = time.perf_counter()
+    hist, _, _ = train_worker.train_model(cfg, Path(root), distributed.single(), progress=False)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_gb": peak_kb / 1e6, "seconds": time.perf_counter() - t0,
+                      "train_seconds": hist.train_seconds, "val_accuracy": hist.epochs[-1]["val_accuracy"]}))
+
+
+def memmap(gb: float) -> None:
+    root = Path(tempfile.mkdtemp(prefix="bench-memmap-", dir="/tmp"))
+    try:
+        t0 = time.perf_counter()
+        n = _write_synthetic(root, gb)
+        size = (root / "data" / "prepared" / "X_train.npy").stat().st_size
+        write_s = time.perf_counter() - t0
+        r = subprocess.run([sys.executable, __file__, "memmap-child", str(root)], capture_output=True, text=True)
+        if r.returncode:
+            raise SystemExit(r.stdout + r.stderr)
+        child = json.loads(r.stdout.strip().splitlines()[-1])
+        print(json.dumps({"bench": "memmap", "rows": n, "file_gb": size / 1e9, "write_s": write_s, **child,
+                          "loadavg": loadavg()}))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def ddp(epochs: int) -> None:
+    import yaml
+
+    root = Path(tempfile.mkdtemp(prefix="bench-ddp-"))
+    results = {}
+    try:
+        _prepared_digits(root / "one")
+        for name, ranks, threads in (("1x2", 1, 2), ("2x1", 2, 1)):
+            proj = root / name
+            if name != "one" and not (proj / "data").exists():
+                shutil.copytree(root / "one" / "data", proj / "data")
+            params = yaml.safe_load((REPO / "params.yaml").read_text())
+            params["train"].update(epochs=epochs, patience=1000, num_threads=threads)
+            params["train"]["distributed"]["nproc_per_node"] = ranks
+            (proj / "params.yaml").write_text(yaml.safe_dump(params))
+            env = {**os.environ, "PREFECT_HOME": str(proj / ".prefect")}
+            env.pop("MLFLOW_TRACKING_URI", None)
+            r = subprocess.run([str(Path(sys.executable).parent / "mlpipe"), "stage", "train"], cwd=proj, env=env,
+                               capture_output=True, text=True)
+            if r.returncode:
+                raise SystemExit(r.stdout + r.stderr)
+            results[name] = _score(proj)
+        print(json.dumps({"bench": "ddp", "epochs": epochs, **results,
+                          "accuracy_gap_pt": 100 * (results["2x1"]["test_accuracy"] - results["1x2"]["test_accuracy"]),
+                          "throughput_2x1_over_1x2": results["2x1"]["samples_s"] / results["1x2"]["samples_s"],
+                          "loadavg": loadavg()}))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _score(proj: Path) -> dict:
+    from components import data, models, train
+
+    hist = json.loads((proj / "models" / "history.json").read_text())
+    ds = data.load_prepared(proj / "data" / "prepared")
+    model, _, _ = models.load(proj / "models" / "model.pt")
+    acc = float((train.predict_logits(model, ds.X_test).argmax(1).numpy() == ds.y_test).mean())
+    n_train = len(ds.y_train) - int(round(len(ds.y_train) * 0.1))
+    return {"test_accuracy": acc, "samples_s": n_train * len(hist["epochs"]) / sum(hist["train_seconds"]),
+            "epochs_run": len(hist["epochs"])}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    p = argparse.ArgumentParser()
+    p.add_argument("what", choices=["overhead", "memmap", "memmap-child", "ddp"])
+    p.add_argument("root", nargs="?")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--gb", type=float, default=4.0)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    {"overhead": lambda: overhead(a.repeats, a.epochs, a.threads), "memmap": lambda: memmap(a.gb),
+     "memmap-child": lambda: memmap_child(a.root), "ddp": lambda: ddp(a.epochs)}[a.what]()
