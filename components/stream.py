@@ -145,5 +145,6 @@ def batches(X: Rows, y: np.ndarray, positions: np.ndarray, batch_size: int, work
             yield _batch(X, y, pos)
         return
     loader = torch.utils.data.DataLoader(_BatchSet(X, y), sampler=groups, batch_size=None, num_workers=workers,
-                                         pin_memory=pin, prefetch_factor=4)
+                                         pin_memory=pin, prefetch_factor=4,
+                                         generator=torch.Generator().manual_seed(0))  # leaves the global RNG (dropout) alone
     yield from loader

@@ -6,7 +6,6 @@ Kubernetes: credentials only through secretKeyRef. No literal secret anywhere in
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml

@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.conftest import BIN, REPO, write_params
 from flows import servers
