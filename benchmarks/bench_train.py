@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -134,8 +133,11 @@ def memmap_child(root: str) -> None:
     train.set_threads(2)
     t0 = time.perf_counter()
     hist, _, _ = train_worker.train_model(cfg, Path(root), distributed.single(), progress=False)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_gb": peak_kb / 1e6, "seconds": time.perf_counter() - t0,
+    # VmHWM: this process's own peak RSS. (getrusage's ru_maxrss is not: Linux carries the
+    # parent's peak over fork + exec, and the parent just wrote the 4 GB file through a mapping.)
+    status = Path("/proc/self/status").read_text()
+    peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+    print(json.dumps({"peak_rss_gb": peak_kb * 1024 / 1e9, "seconds": time.perf_counter() - t0,
                       "train_seconds": hist.train_seconds, "val_accuracy": hist.epochs[-1]["val_accuracy"]}))
 
 

@@ -105,7 +105,8 @@ def storage(args) -> None:
 
 
 def parallel(args) -> None:
-    """A fixed study (no pruning, fixed epochs) through the tune stage with 1 and 2 workers."""
+    """A fixed study (no pruning, fixed epochs) through the tune stage with 1 and 2 workers.
+    By default 1 worker uses all cores; --threads-per-worker 1 compares equal threads per trial."""
     from components import tracking
     from flows.stages import Paths
     from flows.tuning import run_tune
@@ -118,7 +119,8 @@ def parallel(args) -> None:
         (root / "data").mkdir()
         os.symlink(work / "data" / "prepared", root / "data" / "prepared")
         cfg = load_config(None, [f"tune.n_trials={args.trials}", f"tune.n_workers={workers}", "tune.pruner=none",
-                                 "tune.epochs=[8,8]", "tune.width=[32]", "tune.depth=[2,2]", "tune.batch_size=[64]"])
+                                 "tune.epochs=[8,8]", "tune.width=[32]", "tune.depth=[2,2]", "tune.batch_size=[64]",
+                                 f"train.num_threads={workers * args.threads_per_worker if args.threads_per_worker else 0}"])
         tracking.setup(cfg.tracking, root)
         load_avg = Path("/proc/loadavg").read_text().split()[0]
         t0 = time.perf_counter()
@@ -159,6 +161,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--project", default=".")
+    p.add_argument("--threads-per-worker", type=int, default=0, help="parallel: 0 = cores // workers (the stage default)")
     args = p.parse_args()
     if args.trials is None:
         args.trials = 30 if args.what == "storage" else 20

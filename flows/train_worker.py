@@ -8,8 +8,8 @@ this module under torch's elastic agent. Each rank is
 
 which is also the entry point for several nodes:
 
-    torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
-        -m flows.train_worker --params params.yaml
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes 2 --nproc-per-node 4 --max-restarts 2 \\
+        --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m flows.train_worker --params params.yaml
 
 Only rank 0 logs to MLflow (to --run-id, or a train run of its own when started without one),
 saves checkpoints and writes the model file. Multi-node needs models/ on a shared filesystem."""

@@ -44,11 +44,11 @@ def test_bad_bounds_name_the_key(item, key, words):
 
 
 def test_search_space_gives_valid_configs_for_both_archs():
-    params = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "epochs": 12, "dropout": 0.1, "width": 16,
+    params = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "epochs": 20, "dropout": 0.1, "width": 16,
               "depth": 3, "aug_strength": 2.0}
     cfg = load_config(None)
     cnn = tune.search_space(optuna.trial.FixedTrial(params), cfg, "cnn")
-    assert cnn["model.channels"] == [16, 32, 64] and cnn["train.epochs"] == 12
+    assert cnn["model.channels"] == [16, 32, 64] and cnn["train.epochs"] == 20
     assert cnn["augment.rotation"] == 2 * cfg.augment.rotation and cnn["augment.shift"] == 2 * cfg.augment.shift
     mlp = tune.search_space(optuna.trial.FixedTrial(params), cfg, "mlp")
     assert mlp["model.hidden"] == [16, 16, 16] and "model.channels" not in mlp
