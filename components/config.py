@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,7 +127,7 @@ class TuneConfig(_Section):
     metric: Literal["val_loss", "val_accuracy"] = "val_loss"  # what trials report each epoch and the study optimizes
     pruner: Literal["none", "median", "halving", "hyperband"] = "hyperband"
     min_resource: int = Field(3, ge=1, le=10_000)  # epochs a trial runs before a pruner may stop it
-    storage: str | None = None  # None: Optuna journal file .mlpipe/optuna/journal.log; else a database URL (postgresql://...)
+    storage: str | None = None  # None: $OPTUNA_STORAGE, else Optuna journal file .mlpipe/optuna/journal.log; or a database URL (postgresql://...)
     heartbeat_s: int = Field(30, ge=1, le=3600)  # database storage: seconds between trial heartbeats; stale after 4x
     # search space: [low, high] ranges are sampled (lr, weight_decay on a log scale); lists are choices
     lr: tuple[float, float] = (5e-4, 1e-2)  # AdamW peak learning rate
@@ -269,6 +270,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     for item in overrides:
         _apply(raw, *parse_override(item))
+    if os.environ.get("OPTUNA_STORAGE") and not (raw.get("tune") or {}).get("storage"):
+        _apply(raw, ["tune", "storage"], os.environ["OPTUNA_STORAGE"])  # shared study for workers on many machines
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
