@@ -27,7 +27,10 @@ class Standardize(nn.Module):
 
     def fit(self, X: np.ndarray) -> None:
         x = torch.as_tensor(np.asarray(X, dtype=np.float32))
-        dims = (0, 2, 3) if x.ndim == 4 else (0,)
+        if self.mean.ndim == 4:  # per channel: (1, C, 1, 1)
+            dims = (0, 2, 3)
+        else:  # per feature, whatever the input's shape (an MLP on images flattens)
+            x, dims = x.reshape(len(x), -1), (0,)
         mean, std = x.mean(dim=dims), x.std(dim=dims)
         self.mean.copy_(mean.reshape(self.mean.shape))
         # a feature constant in training gets scale 1 (as sklearn's StandardScaler does): a tiny

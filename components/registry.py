@@ -16,7 +16,6 @@ from mlflow.tracking import MlflowClient
 
 import components
 from components.errors import MlpipeError
-from components import models
 
 ALIAS = "champion"
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "onnx", "onnxruntime"]  # onnx*: int8 variants

@@ -3,7 +3,6 @@
 fit() knows nothing about MLflow: it reports through the `log(metrics, step)` callback."""
 from __future__ import annotations
 
-import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -14,7 +13,6 @@ import torch
 from torch import nn
 
 from components.config import TrainConfig
-from components.errors import MlpipeError
 
 LogFn = Callable[[dict, int], None]
 

@@ -1,8 +1,8 @@
 """The Prefect flow: a short script of stage tasks.
 
 Stage results are cached on (data hash, the config sections the stage reads, the code), so a
-re-run after a failure skips the stages that finished. Register is never cached: it changes
-the registry."""
+re-run after a failure skips the stages that finished. Ingest always runs (it computes the data
+hash); register is never cached: it changes the registry."""
 from __future__ import annotations
 
 import hashlib
@@ -22,9 +22,9 @@ from flows import stages
 from flows.stages import Paths
 from flows.deploy import promotion_slot
 
-# the config sections each stage reads: a change elsewhere keeps its cache
+# the config sections each cached stage reads: a change elsewhere keeps its cache. Ingest is
+# not cached: its source file can change under the same config; later stages key on its data hash.
 STAGE_CONFIG = {
-    "ingest": ("seed", "data"),
     "validate": ("validate",),
     "augment": ("augment",),
     "tune": ("seed", "data", "augment", "model", "train", "tune", "cv"),
@@ -39,7 +39,7 @@ STAGE_CONFIG = {
 def code_hash() -> str:
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for f in sorted([*(here.parent / "components").glob("*.py"), here / "stages.py", here / "compress_stage.py", here / "tuning.py", here / "train_worker.py"]):
+    for f in sorted([*(here.parent / "components").glob("*.py"), *here.glob("*.py")]):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 

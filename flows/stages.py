@@ -10,10 +10,9 @@ import hashlib
 import json
 import platform
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from components import augment, data, evaluate, measure, models, registry, tracking, train, tune, validate
 from components.config import Config

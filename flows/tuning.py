@@ -192,8 +192,9 @@ def run_cv(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
         cfg = tune.apply_best(cfg, paths.best_params, m.content_hash)
         tracking.set_tags({"mlpipe.data_hash": m.content_hash})
         out_file = paths.cv_dir / "cv_metrics.json"
-        if not cfg.cv.enabled:
+        if not cfg.cv.enabled:  # both declared outputs exist either way (dvc.yaml)
             write_json(out_file, {"folds": 0})
+            write_json(paths.cv_dir / "cv_folds.json", {"data_hash": m.content_hash, "folds": []})
             return {"folds": 0}
         cv.check_folds(ds.y_train, m.classes, cfg.cv.folds)  # before any training
         spec = models.model_args(cfg.model, m.feature_shape, m.n_classes, m.kind)

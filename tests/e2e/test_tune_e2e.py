@@ -1,10 +1,9 @@
 """The tune and cv stages through the real entry points: `mlpipe stage tune` with a worker
-killed by SIGKILL and a re-run, the Prefect flow (`mlpipe run`), and `dvc repro`."""
+killed by SIGKILL and a re-run, and the Prefect flow (`mlpipe run`); `dvc repro` of both is in
+tests/e2e/test_dvc.py."""
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import signal
 import subprocess
 import time
@@ -17,7 +16,7 @@ from optuna.trial import TrialState
 
 from components import data
 from components.config import load_config
-from tests.conftest import BIN, REPO, cli, write_params
+from tests.conftest import BIN, cli, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -123,29 +122,3 @@ def test_tune_and_cv_in_the_prefect_flow(project):
     assert int(train_run.data.params["train.epochs"]) == best["params"]["epochs"]  # train read best_params.json
     assert {"tune/optimization_history.png", "tune/best_params.json"} <= {
         f.path for d in client.list_artifacts(tune_run.info.run_id) for f in client.list_artifacts(tune_run.info.run_id, d.path)}
-
-
-def test_tune_and_cv_under_dvc_repro(tmp_path):
-    proj = tmp_path / "proj"
-    proj.mkdir()
-    for name in ("components", "flows"):
-        shutil.copytree(REPO / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", proj)
-    shutil.copy(REPO / "params.yaml", proj)
-    write_params(proj, **{**SHRUNK, "tune": {**SHRUNK["tune"], "n_workers": 1, "n_trials": 3}})
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(proj)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-
-    def sh(*cmd):
-        r = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-        assert r.returncode == 0, f"{cmd}: {r.stdout[-2000:]}\n{r.stderr[-2000:]}"
-        return r.stdout + r.stderr
-
-    sh("git", "init", "-q")
-    sh(str(BIN / "dvc"), "init", "-q")
-    first = sh(str(BIN / "dvc"), "repro", "cv")
-    assert re.findall(r"Running stage '(\w+)'", first) == ["ingest", "validate", "augment", "tune", "cv"]
-    assert (proj / "reports/tune/best_params.json").exists() and (proj / "reports/cv/cv_metrics.json").exists()
-    assert len(journal_study(proj).trials) == 3
-    second = sh(str(BIN / "dvc"), "repro", "cv")
-    assert "Running stage" not in second
