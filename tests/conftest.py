@@ -18,6 +18,14 @@ for k, v in {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "PREFECT_
     os.environ.setdefault(k, v)
 
 
+def need_service(reason: str) -> None:
+    """A required local service is missing: skip on a developer's machine, fail in CI, where
+    PostgreSQL always runs (a skip there would hide the lost coverage)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: the service is expected)")
+    pytest.skip(reason)
+
+
 def write_params(folder: Path, **sections) -> Path:
     """params.yaml with the repo's defaults, sections updated (shallowly per section)."""
     import yaml

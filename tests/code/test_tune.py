@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from components import tune
 from components.config import load_config
 from components.errors import ConfigError, MlpipeError
-from tests.conftest import REPO
+from tests.conftest import REPO, need_service
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -220,7 +220,7 @@ def postgres_url():
     try:
         admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
     except psycopg2.OperationalError as e:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 ({e})")
+        need_service(f"no PostgreSQL on 127.0.0.1:5432 ({e})")
     admin.autocommit = True
     name = f"mlpipe_tune_{uuid.uuid4().hex[:12]}"
     with admin.cursor() as cur:

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import BIN, REPO
+from tests.conftest import BIN, REPO, need_service
 from flows import servers
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def fresh_dbs():
     try:
         _admin("select 1")
     except Exception as e:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
+        need_service(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
     for n in names.values():
         _admin(f'create database "{n}"')
     yield names
