@@ -3,9 +3,10 @@
 Needs CUDA; prints one JSON line per precision. 1 vs N ranks: run the train stage with
 train.distributed.nproc_per_node=N (one process per GPU, NCCL).
 
-    .venv/bin/python benchmarks/bench_gpu.py [--n 50000] [--epochs 3] [--batch 256]
+    python benchmarks/bench_gpu.py [--n 50000] [--epochs 3] [--batch 256] [--channels-last]
+        [--precisions fp32,bf16,fp16] [--loader-workers N] [--compile]
 
-Not measured yet: no GPU was lent to the session that wrote it (see BENCHMARKS.md)."""
+Figures (one H100, 2026-11-22) in BENCHMARKS.md, raw lines in benchmarks/results/."""
 from __future__ import annotations
 
 import argparse
@@ -63,6 +64,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--precisions", default="fp32,bf16,fp16")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--loader-workers", type=int, default=0)
+    p.add_argument("--compile", action="store_true")
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA device")
@@ -73,7 +76,8 @@ def main() -> None:
     Xv, yv = X[:2048], y[:2048]
     for prec in a.precisions.split(","):
         cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch, lr=2e-3, patience=1000, precision=prec,
-                          channels_last=a.channels_last, checkpoint_every=0)
+                          channels_last=a.channels_last, checkpoint_every=0,
+                          loader_workers=a.loader_workers, compile=a.compile)
         torch.manual_seed(0)
         model = ResNetish()
         torch.cuda.synchronize()
@@ -83,8 +87,10 @@ def main() -> None:
         wall = time.perf_counter() - t0
         steady = hist.train_seconds[1:] or hist.train_seconds  # epoch 1 includes cudnn autotuning
         print(json.dumps({"bench": "gpu", "device": torch.cuda.get_device_name(), "precision": prec,
-                          "channels_last": a.channels_last, "n": a.n, "batch": a.batch, "epochs": a.epochs,
-                          "samples_s_steady": a.n / (sum(steady) / len(steady)), "wall_s": wall,
+                          "channels_last": a.channels_last,
+                          "loader_workers": a.loader_workers, "compile": a.compile, "torch": torch.__version__, "n": a.n, "batch": a.batch, "epochs": a.epochs,
+                          "samples_s_steady": a.n / (sum(steady) / len(steady)),
+                          "samples_s_per_epoch": [round(a.n / t) for t in hist.train_seconds], "wall_s": wall,
                           "train_loss_last": hist.epochs[-1]["train_loss"],
                           "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9}))
         torch.cuda.reset_peak_memory_stats()

@@ -12,6 +12,7 @@ import io
 import pickle
 import re
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,56 @@ def save(folder: str | Path, epoch: int, state: dict, keep: int) -> Path:
         f.write(data)
     prune(folder, keep)
     return path
+
+
+def snapshot(obj):
+    """A copy of a state tree that training can't change under a writer: tensors cloned (to CPU),
+    dicts/lists/tuples copied, everything else (numbers, strings) shared."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class Writer:
+    """Writes checkpoints on one background thread, so the next epoch trains while the last one is
+    serialized, written and fsynced. submit() snapshots the state before it returns and first waits
+    for the write before it, so at most one is in flight and files land in epoch order; a failed
+    write is raised by the next submit() or by close(). Use as a context manager: leaving it waits
+    for the last write, also when training stopped with an error."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending: Future | None = None
+
+    def submit(self, folder: str | Path, epoch: int, state: dict, keep: int) -> None:
+        self.wait()
+        self._pending = self._pool.submit(save, folder, epoch, snapshot(state), keep)
+
+    def wait(self) -> Path | None:
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else None
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # training already failed: that error is the one to raise; a write error is reported beside it
+            self.close()
+        except Exception as err:
+            warnings.warn(f"the last checkpoint could not be written: {err}", CheckpointWarning, stacklevel=2)
 
 
 def prune(folder: str | Path, keep: int) -> None:

@@ -88,17 +88,19 @@ def _cpu(sd: dict) -> dict:
     return {k: v.detach().cpu().clone() for k, v in sd.items()}
 
 
-def _save(folder: Path, key: str, keep: int, st: LoopState, model, opt, sched, scaler, rngs) -> Path:
+def _save(writer: checkpoint.Writer, folder: Path, key: str, keep: int, st: LoopState, model, opt, sched, scaler,
+          rngs) -> None:
+    """Queue the checkpoint of st.epoch on the writer (it snapshots the state before returning)."""
     h = st.history
     state = {
-        "key": key, "model": _cpu(model.state_dict()), "optimizer": opt.state_dict(),
+        "key": key, "model": model.state_dict(), "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict() if sched is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs,
         "loop": {"best": st.best, "bad": st.bad, "done": st.done, "best_state": st.best_state,
                  "history": {"epochs": h.epochs, "best_epoch": h.best_epoch, "stopped_early": h.stopped_early,
                              "train_seconds": h.train_seconds}},
     }
-    return checkpoint.save(folder, st.epoch, state, keep)
+    writer.submit(folder, st.epoch, state, keep)
 
 
 def _resume(folder: Path, key: str, d: distributed.Dist, model, opt, sched, scaler, g, st: LoopState) -> Path | None:
@@ -155,24 +157,31 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
 
 
+def _diverged(value, epoch: int, step: int | None, cfg: TrainConfig) -> TrainingDiverged:
+    where = f"epoch {epoch}, step {step}" if step is not None else f"epoch {epoch} (on another rank)"
+    return TrainingDiverged(
+        f"training diverged: loss is {value} at {where}; lower train.lr (now {cfg.lr}) or use train.precision fp32 "
+        f"(now {cfg.precision}). No checkpoint was written for this epoch.")
+
+
 def _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g) -> float:
+    """One epoch -> mean training loss over all ranks. A single CPU process checks the loss every step;
+    on a GPU or with several ranks it is checked once at the end of the epoch (a per-step check would
+    stall the GPU queue or add an all-reduce to every step), which still raises before any checkpoint."""
     net.train()
     pos = distributed.shard(len(X), seed, epoch, d.rank, d.world)
     per_rank = -(-cfg.batch_size // d.world)  # the global batch is cfg.batch_size
     cl = cfg.channels_last
-    total = count = 0.0
+    check_each_step = not d.enabled and d.device.type == "cpu"
+    losses, sizes = [], []
     for step, (xb, yb) in enumerate(stream.batches(X, y, pos, per_rank, cfg.loader_workers, d.device.type == "cuda"), 1):
         if augment is not None:
             xb = augment(xb, g)
         xb, yb = _to(xb, d.device, cl), yb.to(d.device, non_blocking=True)
         with autocast(d.device, cfg.precision):
             loss = nn.functional.cross_entropy(net(xb).float(), yb)
-        value = loss.item()
-        if distributed.any_rank(not math.isfinite(value), d):
-            raise TrainingDiverged(
-                f"training diverged: loss is {value if not math.isfinite(value) else 'not finite on another rank'} at epoch "
-                f"{epoch}, step {step}; lower train.lr (now {cfg.lr}) or use train.precision fp32 (now {cfg.precision}). "
-                "No checkpoint was written for this epoch.")
+        if check_each_step and not math.isfinite(value := loss.item()):
+            raise _diverged(value, epoch, step, cfg)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -183,9 +192,14 @@ def _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g)
             opt.step()
         if sched is not None:
             sched.step()
-        total += value * len(yb)
-        count += len(yb)
-    total, count = distributed.all_sum([total, count], d)
+        losses.append(loss.detach())
+        sizes.append(len(yb))
+    per_step = torch.stack(losses).double().cpu() if losses else torch.zeros(0, dtype=torch.float64)
+    bad = (~torch.isfinite(per_step)).nonzero().flatten()
+    if distributed.any_rank(len(bad) > 0, d):
+        raise _diverged(per_step[bad[0]].item() if len(bad) else "not finite", epoch,
+                        int(bad[0]) + 1 if len(bad) else None, cfg)
+    total, count = distributed.all_sum([float((per_step * torch.tensor(sizes, dtype=torch.float64)).sum()), float(sum(sizes))], d)
     return total / max(count, 1)
 
 
@@ -226,7 +240,7 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
     hist = st.history
     columns = [TextColumn("train"), BarColumn(), TextColumn("epoch {task.completed}/{task.total} {task.fields[msg]}"),
                TimeRemainingColumn()]
-    with Progress(*columns, disable=not (progress and d.is_main), transient=False) as bar:
+    with Progress(*columns, disable=not (progress and d.is_main), transient=False) as bar, checkpoint.Writer() as writer:
         task = bar.add_task("train", total=cfg.epochs, completed=st.epoch, msg="")
         for epoch in range(st.epoch + 1, cfg.epochs + 1):
             if st.done:
@@ -254,7 +268,7 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
             if ckpt is not None and (epoch % cfg.checkpoint_every == 0 or st.done or epoch == cfg.epochs):
                 rngs = _gather_rng(g, d)
                 if d.is_main:
-                    _save(ckpt, resume_key, cfg.keep_checkpoints, st, model, opt, sched, scaler, rngs)
+                    _save(writer, ckpt, resume_key, cfg.keep_checkpoints, st, model, opt, sched, scaler, rngs)
     if st.best_state is not None:
         model.load_state_dict(st.best_state)
     return hist

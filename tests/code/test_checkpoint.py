@@ -48,6 +48,24 @@ def test_checkpoints_are_atomic_named_by_digest_and_pruned(tmp_path):
     assert state["epoch"] == 4 and torch.equal(state["w"], torch.full((3,), 4.0))
 
 
+def test_background_writer_saves_a_snapshot_and_reports_a_failed_write(tmp_path):
+    w = torch.zeros(4)
+    history = [1.0]
+    with checkpoint.Writer() as writer:
+        writer.submit(tmp_path, 1, {"w": w, "history": history}, keep=3)
+        w += 1  # training goes on while the file is written: the checkpoint keeps the values at submit()
+        history.append(2.0)
+    state, path = checkpoint.load_latest(tmp_path)
+    assert path.name.startswith("epoch-0001.") and torch.equal(state["w"], torch.zeros(4)) and state["history"] == [1.0]
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the checkpoint folder should be")
+    writer = checkpoint.Writer()
+    writer.submit(blocked, 2, {"w": w}, keep=3)
+    with pytest.raises(OSError):
+        writer.close()
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_previous_with_a_warning(tmp_path):
     checkpoint.save(tmp_path, 1, {"w": torch.ones(2)}, keep=3)
     latest = checkpoint.save(tmp_path, 2, {"w": torch.zeros(2)}, keep=3)
