@@ -2,18 +2,27 @@
 
 Models: the default digits CNN (8x8, channels 32/64, head 128), the same CNN on digits upscaled
 to 28x28 (int8 gains need work per call), and a Linear-heavy MLP (64 -> 512 -> 512 -> 10) for
-dynamic int8. For each: fp32 (torch eager), ONNX Runtime fp32, the pipeline's variants (ONNX
-Runtime int8, unstructured pruning, structured pruning) and the other int8 paths (torch.ao FX /
-quantize_dynamic, deprecated; torchao PT2E + X86InductorQuantizer + torch.compile; torchao
-quantize_ for Linear). All timed in this one process, one thread, median and IQR.
+dynamic int8. For each: fp32 (torch eager and ONNX Runtime), the pipeline's variants (ONNX Runtime
+int8, unstructured pruning, structured pruning, distilled student; the last two also exported to ONNX
+Runtime), a timing-only "floor" (the fp32 layers at width 1: what the layers cost with ~no compute),
+and the other int8 paths (torch.ao FX / quantize_dynamic, deprecated; torchao PT2E +
+X86InductorQuantizer + torch.compile; torchao quantize_ for Linear).
 
-    .venv/bin/python benchmarks/bench_compress.py [--quick] [--no-torchao] [--out FILE.json]
+Accuracy: every variant is rebuilt from an fp32 model trained with each of --seeds seeds; drops are
+against that seed's fp32 model (mean and range over seeds). Timing: the first seed's models, one
+thread, interleaved (`measure.latency_rounds`: each round times every model in turn, median of
+--repeats calls at batch 1 and a fifth of that at batch 256); a speedup is taken round by round
+against the fp32 model in the same runtime (torch eager, or ONNX Runtime) and against fp32 torch eager.
+
+    .venv/bin/python benchmarks/bench_compress.py [--quick] [--no-torchao] [--seeds N] [--out FILE.json]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
+import statistics
 import tempfile
 import time
 import warnings
@@ -50,24 +59,8 @@ def accuracy(model, X, y) -> float:
     return classification_metrics(y, softmax(train.predict_logits(model, X).numpy()))["accuracy"]
 
 
-def timed(model, X, reps):
-    x = torch.as_tensor(X)
-    big = x[torch.arange(256) % len(x)]
-    b1 = measure.latency_ms(model, x[:1], reps)
-    b256 = measure.latency_ms(model, big, max(3, reps // 5))
-    return {"b1_ms": b1[0], "b1_iqr": b1[1], "b256_ms": b256[0], "b256_iqr": b256[1]}
-
-
-def row(name, model, X, y, reps, size=None, macs=None, sparsity=None):
-    r = {"name": name, "accuracy": accuracy(model, X, y), **timed(model, X, reps)}
-    r.update({k: v for k, v in {"size_bytes": size, "macs": macs, "sparsity": sparsity}.items() if v is not None})
-    return r
-
-
 def torch_ao_int8(model, X_calib, kind):
     """Deprecated torch.ao path: FX static (x86 qconfig) for conv nets, quantize_dynamic for Linear."""
-    import copy
-
     from torch.ao import quantization as q
 
     m = copy.deepcopy(model).eval()
@@ -103,8 +96,6 @@ class Compiled(torch.nn.Module):
 def torchao_int8(model, X_calib, kind):
     """torchao: PT2E static with X86InductorQuantizer then torch.compile (conv nets);
     quantize_(Int8DynamicActivationInt8WeightConfig) then torch.compile (Linear)."""
-    import copy
-
     m = copy.deepcopy(model).eval()
     if kind == "dynamic":
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -123,106 +114,164 @@ def torchao_int8(model, X_calib, kind):
     return Compiled(convert_pt2e(p))
 
 
-def bench_model(label, ds, mcfg, epochs, ccfg, reps, tmp, with_torchao):
+def build(label, ds, mcfg, epochs, ccfg, seed, tmp: Path, extras: bool) -> tuple[dict, dict]:
+    """Train fp32 with `seed` and make every variant -> ({row name: entry}, info). An entry holds the
+    model, its runtime ("torch" | "ort" | "compiled") and, where it has one, its file size, MACs, sparsity."""
     spec = models.model_args(mcfg, ds.meta.feature_shape, ds.meta.n_classes, ds.meta.kind)
     tr, va = train.val_split(ds.y_train, 0.1, 0)
     aug = build_augment(AugmentConfig(), ds.meta.kind, ds.X_train[tr], ds.meta.value_range)
-    fit = lambda m, c: train.fit(m, ds.X_train[tr], ds.y_train[tr], ds.X_train[va], ds.y_train[va], c, 0, augment=aug, progress=False)
+    fit = compress.fine_tuner(ds.X_train[tr], ds.y_train[tr], ds.X_train[va], ds.y_train[va], seed, aug, ccfg)
     tcfg = TrainConfig(epochs=epochs, num_threads=2)
-    train.seed_everything(0)
     torch.set_num_threads(2)
+    train.seed_everything(seed)
     t0 = time.time()
     model = models.build(spec)
     fit(model, tcfg)
     model.eval()
-    t_train = time.time() - t0
-    X, y, in_shape = ds.X_test, ds.y_test, spec["args"]["in_shape"]
+    info = {"train_s": time.time() - t0}
+    in_shape, classes, p = spec["args"]["in_shape"], ds.meta.classes, lambda name: tmp / f"{label}-{seed}-{name}"
     calib = ds.X_train[tr][: ccfg.calibration_samples]
     ft = tcfg.model_copy(update={"lr": ccfg.finetune_lr, "scheduler": "cosine", "patience": 10**6})
     t0 = time.time()
     pruned = compress.prune_unstructured(model, ccfg, fit, ft).eval()
-    t_prune = time.time() - t0
-    t0 = time.time()
+    info["prune_s"], t0 = time.time() - t0, time.time()
     small, small_spec = compress.prune_structured(model, spec, ccfg, fit, ft)
-    t_struct = time.time() - t0
+    info["structured_s"] = time.time() - t0
+    other = ccfg.model_copy(update={"structured_teacher": not ccfg.structured_teacher})  # the other fine-tune loss, same epochs
+    small_other, _ = compress.prune_structured(model, spec, other, fit, ft)
+    t0 = time.time()
+    student, student_spec = compress.distill_student(model, spec, ccfg, fit, ft)
+    info["distilled_s"] = time.time() - t0
+    floor, floor_spec = compress.shrink(model, spec, 1e-3)  # every width 1: the per-call cost of the layers alone
     mode = compress.int8_mode(ccfg, spec)
-    q_path = compress.quantize_int8(model, spec, ds.meta.classes, calib, tmp / f"{label}-int8.onnx", mode)
-    f_path = compress.export_onnx(model, spec, ds.meta.classes, tmp / f"{label}-fp32.onnx")
-    for name, m, s in [("fp32", model, spec), ("pruned", pruned, spec), ("structured", small, small_spec)]:
-        models.save(m, s, ds.meta.classes, tmp / f"{label}-{name}.pt")
-
-    torch.set_num_threads(1)  # all timing on one thread
-    size = lambda p: os.path.getsize(p)
-    macs = measure.count_macs(model, in_shape)
-    rows = [row("fp32 torch eager", model, X, y, reps, size(tmp / f"{label}-fp32.pt"), macs, 0.0),
-            row("fp32 onnxruntime", compress.OnnxModule(f_path, 1), X, y, reps, size(f_path)),
-            row(f"int8 onnxruntime {mode} (pipeline)", compress.OnnxModule(q_path, 1), X, y, reps, size(q_path), macs)]
-    ao = torch_ao_int8(model, calib, mode)
-    ao_file = tmp / f"{label}-ao.pt"
-    torch.save(ao.state_dict(), ao_file)
-    rows.append(row(f"int8 torch.ao {'FX static' if mode == 'static' else 'quantize_dynamic'} (deprecated)", ao, X, y, reps, size(ao_file)))
-    if with_torchao:
+    q = compress.quantize_int8(model, spec, classes, calib, p("int8.onnx"), mode)
+    info["int8_uncompacted_bytes"] = os.path.getsize(compress.quantize_int8(model, spec, classes, calib, p("int8-full.onnx"), mode, compact=False))
+    for name, m, s in [("fp32", model, spec), ("pruned", pruned, spec), ("structured", small, small_spec), ("distilled", student, student_spec)]:
+        models.save(m, s, classes, p(f"{name}.pt"))
+    size = lambda f: os.path.getsize(f)
+    macs, small_macs, student_macs = (measure.count_macs(m, in_shape) for m in (model, small, student))
+    st = measure.weight_stats(pruned)
+    rows = {
+        "fp32 torch eager": {"model": model, "rt": "torch", "size": size(p("fp32.pt")), "macs": macs, "sparsity": 0.0},
+        "fp32 onnxruntime": {"model": compress.OnnxModule(compress.export_onnx(model, spec, classes, p("fp32.onnx")), 1), "rt": "ort",
+                             "size": size(p("fp32.onnx"))},
+        f"int8 onnxruntime {mode} (pipeline)": {"model": compress.OnnxModule(q, 1), "rt": "ort", "size": size(q), "macs": macs},
+        f"int8 torch.ao {'FX static' if mode == 'static' else 'quantize_dynamic'} (deprecated)": {"model": torch_ao_int8(model, calib, mode), "rt": "torch"},
+        "pruned (unstructured, pipeline)": {"model": pruned, "rt": "torch", "size": size(p("pruned.pt")), "macs": macs,
+                                            "sparsity": st["sparsity"], "gzip": measure.file_sizes(p("pruned.pt"))[1]},
+        "structured (pipeline)": {"model": small, "rt": "torch", "size": size(p("structured.pt")), "macs": small_macs},
+        "structured onnxruntime (same model)": {"model": compress.OnnxModule(compress.export_onnx(small, small_spec, classes, p("s.onnx")), 1),
+                                                "rt": "ort", "size": size(p("s.onnx")), "macs": small_macs},
+        f"structured, {'labels only' if ccfg.structured_teacher else 'with fp32 soft targets'} (not the pipeline's)": {"model": small_other, "rt": None},
+        "distilled (pipeline, one block fewer)": {"model": student, "rt": "torch", "size": size(p("distilled.pt")), "macs": student_macs},
+        "distilled onnxruntime (same model)": {"model": compress.OnnxModule(compress.export_onnx(student, student_spec, classes, p("d.onnx")), 1),
+                                               "rt": "ort", "size": size(p("d.onnx")), "macs": student_macs},
+        "floor: fp32 layers, width 1 (timing only)": {"model": floor, "rt": "torch", "timing_only": True},
+        "floor onnxruntime (timing only)": {"model": compress.OnnxModule(compress.export_onnx(floor, floor_spec, classes, p("floor.onnx")), 1),
+                                            "rt": "ort", "timing_only": True},
+    }
+    if extras:
         t0 = time.time()
         try:
-            tao = torchao_int8(model, calib, mode)
-            r = row(f"int8 torchao {'PT2E x86 inductor' if mode == 'static' else 'Int8DynAct-Int8Weight'} + torch.compile", tao, X, y, reps)
-            r["compile_and_first_calls_s"] = time.time() - t0
-            rows.append(r)
+            rows[f"int8 torchao {'PT2E x86 inductor' if mode == 'static' else 'Int8DynAct-Int8Weight'} + torch.compile"] = {
+                "model": torchao_int8(model, calib, mode), "rt": "compiled"}
         except Exception as e:  # noqa: BLE001 - recorded, not hidden
-            rows.append({"name": "int8 torchao", "error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"})
-    st = measure.weight_stats(pruned)
-    rows.append(row("pruned (unstructured, pipeline)", pruned, X, y, reps, size(tmp / f"{label}-pruned.pt"),
-                    macs, st["sparsity"]) | {"gzip_bytes": measure.file_sizes(tmp / f"{label}-pruned.pt")[1],
-                                             "nonzeros": st["nonzeros"], "params": st["params"]})
-    rows.append(row("structured (pipeline)", small, X, y, reps, size(tmp / f"{label}-structured.pt"), measure.count_macs(small, in_shape)))
-    base = rows[0]
-    for r in rows:
-        if "error" not in r:
-            r["drop_points"] = 100 * (base["accuracy"] - r["accuracy"])
-            r["speedup_b1"] = base["b1_ms"] / r["b1_ms"]
-            r["speedup_b256"] = base["b256_ms"] / r["b256_ms"]
-            if "size_bytes" in r:
-                r["size_ratio"] = base["size_bytes"] / r["size_bytes"]
-    return {"model": label, "spec": spec, "train_s": t_train, "prune_s": t_prune, "structured_s": t_struct,
-            "fp32_gzip_bytes": measure.file_sizes(tmp / f"{label}-fp32.pt")[1], "fp32_params": measure.weight_stats(model)["params"],
-            "rows": rows}
+            info["torchao_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        info["torchao_build_s"] = time.time() - t0
+    return rows, info
+
+
+def ratios(base: list[float], other: list[float]) -> tuple[float, float, float]:
+    r = [b / o for b, o in zip(base, other)]
+    return statistics.median(r), min(r), max(r)
+
+
+def bench_model(label, ds, mcfg, epochs, ccfg, seeds, rounds, reps, tmp, with_torchao):
+    acc: dict[str, list[float]] = {}
+    drops: dict[str, list[float]] = {}
+    for seed in range(seeds):
+        rows, info = build(label, ds, mcfg, epochs, ccfg, seed, tmp, extras=with_torchao and seed == 0)
+        base = accuracy(rows["fp32 torch eager"]["model"], ds.X_test, ds.y_test)
+        for name, r in rows.items():
+            if r.get("timing_only"):
+                continue
+            a = accuracy(r["model"], ds.X_test, ds.y_test)
+            acc.setdefault(name, []).append(a)
+            drops.setdefault(name, []).append(100 * (base - a))
+        if seed == 0:
+            first, first_info = rows, info
+    torch.set_num_threads(1)  # all timing on one thread
+    timed = {k: r["model"] for k, r in first.items() if r["rt"] is not None}
+    x = torch.as_tensor(ds.X_test)
+    for m in timed.values():  # compile / warm every shape before the rounds
+        measure.latency_ms(m, x[:1], 1, warmup=2), measure.latency_ms(m, x[torch.arange(256) % len(x)], 1, warmup=2)
+    b1 = measure.latency_rounds(timed, x[:1], rounds, reps)
+    b256 = measure.latency_rounds(timed, x[torch.arange(256) % len(x)], rounds, max(3, reps // 5))
+    same = {"torch": "fp32 torch eager", "ort": "fp32 onnxruntime"}
+    out = []
+    for name, r in first.items():
+        row = {"name": name, "runtime": r["rt"], "acc": acc.get(name, []), "drops": drops.get(name, []),
+               **{k: r[k] for k in ("size", "macs", "sparsity", "gzip") if k in r}}
+        if name in timed:
+            for tag, t in (("b1", b1), ("b256", b256)):
+                row[tag] = (statistics.median(t[name]), min(t[name]), max(t[name]))
+                row[f"x_{tag}_eager"] = ratios(t["fp32 torch eager"], t[name])
+                if r["rt"] in same:
+                    row[f"x_{tag}_same"] = ratios(t[same[r["rt"]]], t[name])
+        if "size" in r:
+            row["x_size"] = first["fp32 torch eager"]["size"] / r["size"]
+        out.append(row)
+    return {"model": label, "spec_args": models.model_args(mcfg, ds.meta.feature_shape, ds.meta.n_classes, ds.meta.kind)["args"],
+            "seeds": seeds, "rounds": rounds, "repeats_b1": reps, **first_info, "rows": out}
 
 
 def print_table(res):
-    print(f"\n## {res['model']}  (train {res['train_s']:.0f}s, prune {res['prune_s']:.0f}s, structured {res['structured_s']:.0f}s)")
-    print("| variant | acc | drop (pts) | b1 ms (IQR) | x b1 | b256 ms (IQR) | x b256 | size B | x size | MACs | sparsity |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    info = ", ".join(f"{k} {res[k]:.0f}s" for k in ("train_s", "prune_s", "structured_s", "distilled_s", "torchao_build_s") if k in res)
+    print(f"\n#### {res['model']}  (seed 0: {info}; int8 file before compaction {res['int8_uncompacted_bytes']:,} B)")
+    if "torchao_error" in res:
+        print(f"torchao error: {res['torchao_error']}")
+    print(f"| variant | acc (mean of {res['seeds']}) | drop pts mean [min, max] | b1 ms [min-max] | x b1 same runtime [min-max] | x b1 vs eager | "
+          "b256 ms [min-max] | x b256 same runtime [min-max] | x b256 vs eager | size B | x size | MACs | sparsity |")
+    print("|" + "---|" * 13)
+    f3 = lambda t, f="{:.3f}": f"{f.format(t[0])} [{f.format(t[1])}-{f.format(t[2])}]"
     for r in res["rows"]:
-        if "error" in r:
-            print(f"| {r['name']} | error: {r['error']} |")
-            continue
-        g = lambda k, f: (f.format(r[k]) if k in r else "")
-        print(f"| {r['name']} | {r['accuracy']:.4f} | {r['drop_points']:+.2f} | {r['b1_ms']:.3f} ({r['b1_iqr']:.3f}) | {r['speedup_b1']:.2f} | "
-              f"{r['b256_ms']:.2f} ({r['b256_iqr']:.2f}) | {r['speedup_b256']:.2f} | {g('size_bytes', '{:,}')} | {g('size_ratio', '{:.2f}')} | "
-              f"{g('macs', '{:,}')} | {g('sparsity', '{:.3f}')} |")
+        d = r["drops"]
+        a = f"{statistics.mean(r['acc']):.4f} | {statistics.mean(d):+.2f} [{min(d):+.2f}, {max(d):+.2f}]" if d else " | "
+        g = lambda k, f="{:.2f}": (f.format(r[k]) if k in r else "")
+        t = lambda k, f="{:.2f}": (f3(r[k], f) if k in r else "")
+        x = lambda k: (f"{r[k][0]:.2f}" if k in r else "")
+        print(f"| {r['name']} | {a} | {t('b1', '{:.3f}')} | "
+              f"{t('x_b1_same')} | {x('x_b1_eager')} | {t('b256')} | {t('x_b256_same')} | {x('x_b256_eager')} | {g('size', '{:,}')} | "
+              f"{g('x_size')} | {g('macs', '{:,}')} | {g('sparsity', '{:.3f}')} |")
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer epochs and repeats (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="fewer epochs, rounds and repeats (a smoke run)")
     ap.add_argument("--no-torchao", action="store_true", help="skip the torchao + torch.compile path (slow to compile)")
     ap.add_argument("--only", default="digits8,digits28,mlp", help="comma list of models")
+    ap.add_argument("--seeds", type=int, default=3, help="fp32 models (and their variants) per model, for the accuracy spread")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    print(f"loadavg at start: {open('/proc/loadavg').read().strip()}; cores: {os.cpu_count()}; torch {torch.__version__}")
-    reps = 10 if a.quick else 50
-    ccfg = CompressConfig(step_epochs=1 if a.quick else 2, structured_epochs=2 if a.quick else 6)
+    print(f"loadavg at start: {open('/proc/loadavg').read().strip()}; cores: {os.cpu_count()}; torch {torch.__version__}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    reps = 10 if a.quick else 30
+    rounds = 3 if a.quick else a.rounds
+    ccfg = CompressConfig(step_epochs=1 if a.quick else 2, structured_epochs=2 if a.quick else CompressConfig().structured_epochs,
+                          student_epochs=2 if a.quick else CompressConfig().student_epochs)
     plan = {
         "digits8": lambda: ("digits 8x8 CNN (default)", digits(8), ModelConfig(), 5 if a.quick else 40, ccfg),
         "digits28": lambda: ("digits 28x28 CNN", digits(28), ModelConfig(), 2 if a.quick else 8,
-                             ccfg.model_copy(update={"step_epochs": 1, "structured_epochs": 1 if a.quick else 3})),
+                             ccfg.model_copy(update={"step_epochs": 1, "structured_epochs": 1 if a.quick else 6,
+                                                             "student_epochs": 1 if a.quick else 10})),
         "mlp": lambda: ("digits MLP 512x512 (Linear-heavy)", tabular(digits(8)), ModelConfig(kind="mlp", hidden=(512, 512)), 5 if a.quick else 40, ccfg),
     }
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in a.only.split(","):
             label, ds, mcfg, epochs, c = plan[key]()
-            res = bench_model(key, ds, mcfg, epochs, c, reps, Path(tmp), not a.no_torchao)
+            res = bench_model(key, ds, mcfg, epochs, c, a.seeds, rounds, reps, Path(tmp), not a.no_torchao)
             res["model"] = label
             print_table(res)
             results.append(res)

@@ -99,13 +99,19 @@ class PromoteConfig(_Section):
 class CompressConfig(_Section):
     """The compress stage: variants of the trained model, each measured on the test set."""
     enabled: bool = True
-    variants: tuple[Literal["int8", "pruned", "structured"], ...] = ("int8", "pruned", "structured")
+    variants: tuple[Literal["int8", "pruned", "structured", "distilled"], ...] = ("int8", "pruned", "structured", "distilled")
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0)  # test accuracy below fp32, fraction (0.01 = 1 point)
     sparsity: float = Field(0.9, gt=0.0, lt=1.0)  # pruned: fraction of conv/linear weights set to zero
     prune_steps: int = Field(3, ge=1, le=50)  # pruned: prune -> fine-tune rounds to reach the sparsity
     step_epochs: int = Field(2, ge=0, le=1000)  # pruned: fine-tune epochs after each round
     keep: float = Field(0.5, gt=0.0, le=1.0)  # structured: fraction of channels / hidden neurons kept per layer
-    structured_epochs: int = Field(6, ge=0, le=1000)  # structured: fine-tune epochs
+    structured_epochs: int = Field(10, ge=0, le=1000)  # structured: fine-tune epochs
+    structured_teacher: bool = False  # structured: fine-tune on the fp32 model's soft targets too (distill_*); false = labels only
+    distill_alpha: float = Field(0.5, ge=0.0, le=1.0)  # distilled (and structured_teacher): weight of the soft targets in the loss; 0 = labels only
+    distill_temperature: float = Field(4.0, gt=0.0, le=100.0)  # distilled (and structured_teacher): softmax temperature of the soft targets
+    student_drop_blocks: int = Field(1, ge=0, le=16)  # distilled: conv blocks (cnn) / hidden layers (mlp) fewer than fp32; widths x keep
+    student_epochs: int = Field(20, ge=1, le=1000)  # distilled: training epochs
+    student_lr: float = Field(3e-3, gt=0.0, le=1.0)  # distilled: AdamW peak lr, cosine-decayed (its head starts untrained)
     finetune_lr: float = Field(1e-3, gt=0.0, le=1.0)  # AdamW, cosine-decayed, for both pruning variants
     int8_mode: Literal["auto", "static", "dynamic"] = "auto"  # auto: static (calibrated) for cnn, dynamic for mlp
     calibration_samples: int = Field(256, ge=1, le=100_000)  # static int8: training rows used to calibrate
@@ -127,6 +133,7 @@ class TuneConfig(_Section):
     metric: Literal["val_loss", "val_accuracy"] = "val_loss"  # what trials report each epoch and the study optimizes
     pruner: Literal["none", "median", "halving", "hyperband"] = "hyperband"
     min_resource: int = Field(3, ge=1, le=10_000)  # epochs a trial runs before a pruner may stop it
+    reduction_factor: int = Field(3, ge=2, le=10)  # halving/hyperband: 1 in this many trials goes on at each rung
     storage: str | None = None  # None: $OPTUNA_STORAGE, else Optuna journal file .mlpipe/optuna/journal.log; or a database URL (postgresql://...)
     heartbeat_s: int = Field(30, ge=1, le=3600)  # database storage: seconds between trial heartbeats; stale after 4x
     # search space: [low, high] ranges are sampled (lr, weight_decay on a log scale); lists are choices

@@ -22,7 +22,7 @@ OBJECTIVES = ("accuracy", "smallest_within_budget", "fastest_within_budget")
 
 @dataclass
 class Row:
-    variant: str  # fp32 | int8 | pruned | structured
+    variant: str  # fp32 | int8 | pruned | structured | distilled
     file: str  # the artifact, as written
     method: str  # how it was made, e.g. "onnxruntime static int8 (QDQ, per-channel)"
     accuracy: float
@@ -107,7 +107,7 @@ def file_sizes(path: str | Path) -> tuple[int, int]:
 # ---------------------------------------------------------------- timing and memory
 
 
-@torch.no_grad()
+@torch.inference_mode()  # what serving uses: no autograd bookkeeping in any variant's per-call cost
 def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int = 5) -> tuple[float, float]:
     """-> (median, interquartile range) of wall time per call, ms, after warm-up calls."""
     model.eval()
@@ -120,6 +120,17 @@ def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int = 5)
         times.append((time.perf_counter() - t) * 1e3)
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return statistics.median(times), q[2] - q[0]
+
+
+def latency_rounds(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, repeats: int) -> dict[str, list[float]]:
+    """Interleaved timing: in each of `rounds` rounds every model gets a median of `repeats` calls
+    on x, one model after the other -> {name: [median ms per round]}. A change in machine load then
+    hits all models alike, and a ratio taken round by round compares them under the same load."""
+    out: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            out[k].append(latency_ms(m, x, repeats, warmup=2)[0])
+    return out
 
 
 def peak_rss_mb(load, x: torch.Tensor, interval_s: float = 0.0005) -> float:

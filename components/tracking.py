@@ -5,6 +5,7 @@ callback, never the mlflow module."""
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -111,6 +112,37 @@ def metric_logger(prefix: str = ""):
         log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
 
     return log
+
+
+class RunBuffer:
+    """A (metrics, step) callback that keeps a short run's rows, each with its own step and
+    wall-clock time, plus params and tags, and writes them all in one log_batch by flush():
+    one write transaction per run instead of one per epoch. A SQLite store takes one writer at a
+    time, so per-epoch writes from parallel tune workers queue behind each other."""
+
+    def __init__(self) -> None:
+        self.metrics: list = []
+        self.params: dict[str, str] = {}
+        self.tags: dict[str, str] = {}
+
+    def __call__(self, metrics: dict, step: int) -> None:
+        ts = int(time.time() * 1000)
+        self.metrics += [mlflow.entities.Metric(k, float(v), ts, step) for k, v in metrics.items()
+                         if v is not None and np.isfinite(v)]
+
+    def log_params(self, params: dict) -> None:
+        self.params.update({k: v[:6000] for k, v in flatten(params).items()})
+
+    def set_tags(self, tags: dict) -> None:
+        self.tags.update({k: str(v) for k, v in tags.items()})
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Write everything buffered to run_id (default: the active run) and empty the buffer."""
+        run_id = run_id or mlflow.active_run().info.run_id
+        MlflowClient().log_batch(run_id, metrics=self.metrics,
+                                 params=[mlflow.entities.Param(k, v) for k, v in self.params.items()],
+                                 tags=[mlflow.entities.RunTag(k, v) for k, v in self.tags.items()])
+        self.__init__()
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:

@@ -139,9 +139,10 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     if t.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=t.min_resource)
     if t.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=t.min_resource, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=t.min_resource, reduction_factor=t.reduction_factor)
     if t.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=t.min_resource, max_resource=t.epochs[1], reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=t.min_resource, max_resource=t.epochs[1],
+                                              reduction_factor=t.reduction_factor)
     return optuna.pruners.NopPruner()
 
 
@@ -166,6 +167,32 @@ def retry_stale(study: optuna.Study, heartbeat: bool) -> list[int]:
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
     return [t.number for t in stale]
+
+
+def default_params(cfg: Config, arch: str) -> dict[str, Any] | None:
+    """The config as written, in search-space terms (the inverse of search_space); None when
+    it lies outside the space (a value out of bounds, a width not among the choices, or
+    widths that do not follow the space's shape)."""
+    t, m = cfg.tune, cfg.model
+    widths = list(m.channels if arch == "cnn" else m.hidden)
+    width, depth = widths[0], len(widths)
+    shape = [width * 2**i for i in range(depth)] if arch == "cnn" else [width] * depth
+    p = {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay, "batch_size": cfg.train.batch_size,
+         "epochs": cfg.train.epochs, "dropout": m.dropout, "width": width, "depth": depth, "aug_strength": 1.0}
+    inside = (widths == shape and width in t.width and p["batch_size"] in t.batch_size
+              and all(lo <= p[k] <= hi for k, (lo, hi) in (("lr", t.lr), ("weight_decay", t.weight_decay), ("epochs", t.epochs),
+                                                          ("dropout", t.dropout), ("depth", t.depth), ("aug_strength", t.aug_strength))))
+    return p if inside else None
+
+
+def enqueue_default(study: optuna.Study, cfg: Config, arch: str) -> bool:
+    """A new study's first trial is the config as written, so the tuned result is never worse
+    on the objective than not tuning. Call only while no worker runs. -> whether it was queued."""
+    p = default_params(cfg, arch)
+    if p is None or study.get_trials(deepcopy=False):
+        return False
+    study.enqueue_trial(p, user_attrs={"default_config": True})
+    return True
 
 
 def counts(study: optuna.Study) -> dict[str, int]:

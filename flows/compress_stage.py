@@ -34,11 +34,7 @@ def _fit_fn(cfg: Config, ds: data.Prepared):
     """Fine-tuning on the same train/validation rows and augmentation as the train stage."""
     tr, va = train.val_split(ds.y_train, cfg.data.val_size, cfg.seed)
     aug = augment.build_augment(cfg.augment, ds.meta.kind, ds.X_train[tr], ds.meta.value_range)
-
-    def fit(model, tcfg):
-        train.fit(model, ds.X_train[tr], ds.y_train[tr], ds.X_train[va], ds.y_train[va], tcfg, cfg.seed,
-                  augment=aug, progress=False)
-
+    fit = compress.fine_tuner(ds.X_train[tr], ds.y_train[tr], ds.X_train[va], ds.y_train[va], cfg.seed, aug, cfg.compress)
     tcfg = cfg.train.model_copy(update={"lr": cfg.compress.finetune_lr, "scheduler": "cosine", "patience": 10**6})
     return fit, tcfg, tr
 

@@ -5,8 +5,9 @@ storage; each trial is an MLflow child run of the tune stage run. The stage writ
 reports/tune/best_params.json (read by cv and train), the trials table and Optuna's plots.
 cv: stratified k-fold of the tuned config; each fold a child run; reports/cv/cv_metrics.json.
 
-A worker is `python -m flows.tuning JOB.json`: a separate interpreter, so a killed worker
-takes nothing else with it, and its torch thread pool is sized before torch starts."""
+Worker 0 runs in the stage's process; each further worker is `python -m flows.tuning JOB.json`,
+a separate interpreter, so a killed worker takes nothing else with it, and its torch thread pool
+is sized before torch starts."""
 from __future__ import annotations
 
 import json
@@ -35,23 +36,30 @@ def trial_data(root: Path) -> tune.TrialData:
 
 def tracked_objective(cfg: Config, td: tune.TrialData, tune_run_id: str | None, pipeline_run_id: str | None):
     """The Optuna objective, each trial inside its own MLflow child run of the tune run. A
-    pruned trial's run ends FINISHED with tag optuna.state=PRUNED; a crashed one FAILED."""
+    pruned trial's run ends FINISHED with tag optuna.state=PRUNED; a crashed one FAILED. The
+    trial's per-epoch metrics, params and final values go to MLflow in one batch at its end."""
     import optuna
 
     def objective(trial: optuna.Trial) -> float:
         pruned = None
+        trial.set_user_attr("worker_pid", os.getpid())
         tags = {"mlpipe.stage": "tune.trial", "optuna.study": trial.study.study_name, "optuna.trial": trial.number,
                 "mlpipe.pipeline_run_id": pipeline_run_id or "none"}
         with tracking.stage_run(f"trial-{trial.number}", tune_run_id, tags):
+            buf = tracking.RunBuffer()
             try:
-                value = tune.objective(trial, cfg, td, log=tracking.metric_logger())
+                value = tune.objective(trial, cfg, td, log=buf)
             except optuna.TrialPruned as e:
                 pruned = e
+            except BaseException:
+                buf.flush()  # the epochs it ran; the run ends FAILED
+                raise
             a = trial.user_attrs
-            tracking.log_params({**trial.params, **({"retry_of": a["retry_of"]} if "retry_of" in a else {})})
-            tracking.log_metrics({k: a[k] for k in ("val_accuracy", "val_loss", "best_epoch", "pruned_at") if k in a})
-            tracking.set_tags({"optuna.state": "PRUNED" if pruned else "COMPLETE",
-                               **({"optuna.pruned_reason": a.get("pruned_reason", str(pruned))} if pruned else {})})
+            buf.log_params({**trial.params, **({"retry_of": a["retry_of"]} if "retry_of" in a else {})})
+            buf({k: a[k] for k in ("val_accuracy", "val_loss", "best_epoch", "pruned_at") if k in a}, 0)
+            buf.set_tags({"optuna.state": "PRUNED" if pruned else "COMPLETE",
+                          **({"optuna.pruned_reason": a.get("pruned_reason", str(pruned))} if pruned else {})})
+            buf.flush()
         if pruned is not None:
             raise pruned
         return value
@@ -77,27 +85,35 @@ def _describe_exit(rc: int) -> str:
 
 
 def launch_workers(cfg: Config, root: Path, name: str, n: int, tune_run_id: str, pipeline_run_id: str | None, uri: str) -> None:
-    """n worker processes on one study; each gets cores // n torch threads. Raises when one dies:
-    its finished trials stay in the study, a re-run retries its unfinished one."""
+    """n workers on one study, each with cores // n torch threads: worker 0 in this process
+    (already past its imports), workers 1..n-1 as processes, which start while worker 0 runs
+    trials. Raises when one dies: its finished trials stay in the study, a re-run retries its
+    unfinished one."""
+    import torch
+
     threads = max(1, (cfg.train.num_threads or os.cpu_count() or 1) // n)
     job_dir = Path(root) / ".mlpipe" / "optuna" / "jobs"
     job_dir.mkdir(parents=True, exist_ok=True)
     procs = []
-    for i in range(n):
+    for i in range(1, n):
         job = job_dir / f"{name}-{i}.json"
         write_json(job, {"cfg": cfg.to_dict(), "root": str(Path(root).resolve()), "study": name, "worker": i,
                          "tune_run_id": tune_run_id, "pipeline_run_id": pipeline_run_id, "tracking_uri": uri,
                          "threads": threads})
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         procs.append(subprocess.Popen([sys.executable, "-m", "flows.tuning", str(job)], env=env, stdin=subprocess.DEVNULL))
+    before = torch.get_num_threads()
     try:
+        torch.set_num_threads(threads)
+        run_worker(cfg, root, name, 0, tune_run_id, pipeline_run_id)
         codes = [p.wait() for p in procs]
     finally:
-        for p in procs:  # the stage was interrupted: take the workers down with it
+        torch.set_num_threads(before)
+        for p in procs:  # the stage was interrupted or worker 0 failed: take the other workers down with it
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    bad = [f"worker {i} (pid {p.pid}) {_describe_exit(rc)}" for i, (p, rc) in enumerate(zip(procs, codes)) if rc != 0]
+    bad = [f"worker {i} (pid {p.pid}) {_describe_exit(rc)}" for i, (p, rc) in enumerate(zip(procs, codes), 1) if rc != 0]
     if bad:
         raise MlpipeError(f"tune: {'; '.join(bad)}. Finished trials are kept in study {name}; "
                           "run the tune stage again to retry the unfinished ones and complete tune.n_trials.")
@@ -151,11 +167,10 @@ def run_tune(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
             tracking.log_params({"study": name, "storage": tune.storage_url(cfg, paths.root), "n_trials": cfg.tune.n_trials,
                                  "n_workers": cfg.tune.n_workers, "pruner": cfg.tune.pruner, "objective": cfg.tune.objective,
                                  "metric": cfg.tune.metric})
+            arch = models.model_args(cfg.model, meta.feature_shape, meta.n_classes, meta.kind)["arch"]
+            tune.enqueue_default(study, cfg, arch)
             n = min(cfg.tune.n_workers, max(todo, 0))
-            if n == 1:  # in this process: no start-up cost
-                train.set_threads(cfg.train.num_threads)
-                run_worker(cfg, paths.root, name, 0, run_id, parent)
-            elif n > 1:
+            if n >= 1:
                 launch_workers(cfg, paths.root, name, n, run_id, parent, tracking.resolve_uri(cfg.tracking, paths.root))
         return finish(cfg, paths, study, meta.content_hash, retried, before, parent)
 

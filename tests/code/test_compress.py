@@ -1,5 +1,7 @@
 """Compression variants and their measurements, on tiny models and literal data."""
+import copy
 import gzip
+import json
 import os
 
 import numpy as np
@@ -25,11 +27,17 @@ def blobs(n=120, shape=(16,), seed=0):
     return X, y.astype(np.int64)
 
 
+_TRAINED = {}  # (spec, data, epochs) -> model: training is seeded, so tests share it (each gets a copy)
+
+
 def trained(spec, X, y, epochs=5):
-    torch.manual_seed(0)
-    m = models.build(spec)
-    train_fit(m, X, y, X[:30], y[:30], TrainConfig(epochs=epochs, batch_size=32, patience=100), 0, progress=False)
-    return m.eval()
+    key = (json.dumps(spec, sort_keys=True), X.tobytes(), y.tobytes(), epochs)
+    if key not in _TRAINED:
+        torch.manual_seed(0)
+        m = models.build(spec)
+        train_fit(m, X, y, X[:30], y[:30], TrainConfig(epochs=epochs, batch_size=32, patience=100), 0, progress=False)
+        _TRAINED[key] = m.eval()
+    return copy.deepcopy(_TRAINED[key])
 
 
 def real_fit(X, y):
@@ -88,6 +96,37 @@ def test_structured_shrink_keeps_the_function_of_the_kept_units(spec):
     assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in m.parameters())
 
 
+def test_distillation_learns_the_teachers_answers_and_alpha_zero_the_labels():
+    X, y = blobs()
+    teacher = trained(MLP_SPEC, X, y)
+    wrong = (y + 1) % 3  # labels that contradict the teacher
+    with torch.no_grad():
+        said = teacher(torch.as_tensor(X)).argmax(1).numpy()
+    for alpha, val_y, expect in [(1.0, said[:30], said), (0.0, wrong[:30], wrong)]:
+        torch.manual_seed(1)
+        student = models.build(MLP_SPEC)
+        student.norm.load_state_dict(teacher.norm.state_dict())
+        compress.distill(student, teacher, X, wrong, X[:30], val_y, TrainConfig(epochs=8, batch_size=32, lr=1e-2), 0,
+                         alpha=alpha, temperature=2.0)
+        with torch.no_grad():
+            assert (student.eval()(torch.as_tensor(X)).argmax(1).numpy() == expect).mean() > 0.9, alpha
+
+
+def test_distilled_student_is_shallower_and_starts_from_the_kept_channels():
+    m = models.build(CNN_SPEC).eval()
+    cfg = CompressConfig(keep=0.5, student_drop_blocks=1, student_epochs=3)
+    calls = []
+    student, s_spec = compress.distill_student(m, CNN_SPEC, cfg, lambda model, tcfg, teacher=None: calls.append((tcfg.epochs, teacher)),
+                                               TrainConfig())
+    assert s_spec["args"]["channels"] == [4] and s_spec["args"]["hidden"] == [8] and CNN_SPEC["args"]["channels"] == [8, 16]
+    assert calls == [(3, m)]  # trained once, on the fp32 model's soft targets
+    small, _ = compress.shrink(m, CNN_SPEC, 0.5)
+    kept, own = small.state_dict(), student.state_dict()
+    assert torch.equal(own["features.0.weight"], kept["features.0.weight"]) and torch.equal(own["norm.std"], kept["norm.std"])
+    assert own["head.2.weight"].shape[1] == 4 * 4 * 4 != kept["head.2.weight"].shape[1]  # the head after the dropped block is new
+    assert measure.count_macs(student, (1, 8, 8)) < measure.count_macs(small, (1, 8, 8))
+
+
 def test_count_macs_by_hand():
     conv = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 5, 7))
     assert measure.count_macs(conv, (2, 5, 5)) == 4 * 5 * 5 * 2 * 3 * 3 + 100 * 7
@@ -96,7 +135,7 @@ def test_count_macs_by_hand():
 @pytest.mark.parametrize("spec,mode", [(CNN_SPEC, "static"), (MLP_SPEC, "dynamic")], ids=["cnn-static", "mlp-dynamic"])
 def test_int8_layers_are_int8_and_predict_like_fp32(tmp_path, spec, mode):
     X, y = blobs(shape=tuple(spec["args"]["in_shape"]))
-    m = trained(spec, X, y)
+    m = trained(spec, X, y, epochs=2)  # the model the structured test trains too
     path = compress.quantize_int8(m, spec, ["a", "b", "c"], X[:64], tmp_path / "q.onnx", mode)
     types = compress.onnx_weight_types(path)
     assert types and set(types.values()) == {"INT8"}, types
@@ -105,6 +144,35 @@ def test_int8_layers_are_int8_and_predict_like_fp32(tmp_path, spec, mode):
     with torch.no_grad():
         agree = (q(torch.as_tensor(X)).argmax(1) == m(torch.as_tensor(X)).argmax(1)).float().mean().item()
     assert agree > 0.9  # (size: a model this small is dominated by per-channel scales; see the next test)
+
+
+def _optimized_ops(path, out):
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath, opts.log_severity_level = str(out), 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # fusions, no CPU-specific layout
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sorted(n.op_type for n in onnx.load(str(out)).graph.node)
+
+
+def test_compacted_int8_is_smaller_and_runs_the_same_fused_int8_graph(tmp_path):
+    import onnx
+
+    X, _ = blobs(shape=(1, 8, 8))
+    m = models.build(CNN_SPEC).eval()  # untrained: the file's bytes and the graph do not depend on training
+    full = compress.quantize_int8(m, CNN_SPEC, ["a", "b", "c"], X[:64], tmp_path / "full.onnx", "static", compact=False)
+    small = compress.quantize_int8(m, CNN_SPEC, ["a", "b", "c"], X[:64], tmp_path / "small.onnx", "static")
+    g = onnx.load(str(small)).graph
+    assert not g.value_info and not any(n.name for n in g.node)
+    assert max(len(t.name) for t in g.initializer) <= 2 and [v.name for v in g.input] == ["x"]
+    assert os.path.getsize(full) - os.path.getsize(small) > 2000
+    ops = _optimized_ops(small, tmp_path / "small.opt.onnx")
+    assert ops == _optimized_ops(full, tmp_path / "full.opt.onnx") and ops.count("QLinearConv") == 4 and "Conv" not in ops
+    a, b = compress.load_model_file(full, 1)[0], compress.load_model_file(small, 1)[0]
+    x = torch.as_tensor(X)
+    assert torch.equal(a(x), b(x))
 
 
 def test_int8_is_much_smaller_for_a_weight_heavy_model(tmp_path):
@@ -130,14 +198,21 @@ def test_measure_reads_size_from_the_file_and_accuracy_from_predictions(tmp_path
     X, y = blobs()
     m = trained(MLP_SPEC, X, y)
     models.save(m, MLP_SPEC, ["a", "b", "c"], tmp_path / "m.pt")
-    row = measure.measure("fp32", tmp_path / "m.pt", lambda t: compress.load_model_file(tmp_path / "m.pt", t)[0], "t",
-                          X, y, 0, measure.weight_stats(m), threads=1, repeats=3)
+    batches = []  # rows per call: which batch sizes were timed (comparing the two times is flaky under load)
+
+    def load(threads):
+        model = compress.load_model_file(tmp_path / "m.pt", threads)[0]
+        model.register_forward_pre_hook(lambda mod, inp: batches.append(len(inp[0])))
+        return model
+
+    row = measure.measure("fp32", tmp_path / "m.pt", load, "t", X, y, 0, measure.weight_stats(m), threads=1, repeats=3)
     data = (tmp_path / "m.pt").read_bytes()
     assert row.size_bytes == len(data) and row.gzip_bytes == len(gzip.compress(data, compresslevel=9, mtime=0))
     with torch.no_grad():
         acc = (m(torch.as_tensor(X)).argmax(1).numpy() == y).mean()
     assert row.accuracy == pytest.approx(acc)
-    assert row.latency_b1_ms > 0 and row.latency_b256_ms > row.latency_b1_ms
+    assert row.latency_b1_ms > 0 and row.latency_b256_ms > 0
+    assert batches.count(1) == 5 + 3 and batches.count(256) >= 5 + 3  # warm-up + timed calls at each size
 
 
 def _row(variant, acc, size, lat, accepted=True):

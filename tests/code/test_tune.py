@@ -56,6 +56,20 @@ def test_search_space_gives_valid_configs_for_both_archs():
     assert new.model.channels == (16, 32, 64) and new.train.lr == 1e-3 and new.seed == cfg.seed
 
 
+def test_default_config_is_a_new_studys_first_trial_and_trains_the_config_as_written():
+    cfg = load_config(None)
+    study = optuna.create_study()
+    assert tune.enqueue_default(study, cfg, "cnn")
+    trial = study.ask()
+    assert trial.user_attrs["default_config"]
+    overrides = tune.search_space(trial, cfg, "cnn")
+    assert tune.apply_overrides(cfg, overrides) == cfg  # exactly the untuned config
+    assert not tune.enqueue_default(study, cfg, "cnn")  # a resumed study is left as it is
+    assert tune.default_params(cfg, "mlp") is None  # hidden [128] is not among tune.width's choices
+    assert tune.default_params(load_config(None, ["train.lr=0.05"]), "cnn") is None  # outside tune.lr
+    assert tune.default_params(load_config(None, ["model.channels=[32,32]"]), "cnn") is None  # widths do not double
+
+
 def test_augment_scaling_is_clipped_to_allowed_range():
     cfg = load_config(None, ["augment.rotation=40"])
     assert tune.scale_augment(cfg.augment, 3.0)["augment.rotation"] == 45.0
@@ -80,6 +94,30 @@ def test_objective_completes_and_records_attrs():
     assert t.state == TrialState.COMPLETE
     assert t.value == pytest.approx(t.user_attrs["val_loss"]) and 0 <= t.user_attrs["val_accuracy"] <= 1
     assert t.user_attrs["overrides"]["model.hidden"] == [4]
+
+
+def test_trial_child_run_holds_every_epoch_params_and_state(tmp_path):
+    """Per-epoch metrics are buffered and written in one batch at the trial's end: the run
+    must still hold each epoch at its own step."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from components import tracking
+    from components.config import TrackingConfig
+    from flows.tuning import tracked_objective
+
+    tracking.setup(TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}"), tmp_path)
+    cfg = load_config(None, [*TINY, "tune.epochs=[3,3]", "train.patience=10"])
+    study = optuna.create_study()
+    with tracking.stage_run("tune", None) as tune_run:
+        study.optimize(tracked_objective(cfg, tabular(), tune_run, None), n_trials=1)
+    client = MlflowClient()
+    (run,) = client.search_runs([mlflow.get_experiment_by_name("mlpipe").experiment_id], "tags.`mlpipe.stage` = 'tune.trial'")
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == [1, 2, 3] and history[0].timestamp <= history[-1].timestamp
+    assert run.data.params["lr"] == str(study.trials[0].params["lr"]) and run.data.tags["optuna.state"] == "COMPLETE"
+    assert run.data.tags["mlflow.parentRunId"] == tune_run and run.info.status == "FINISHED"
+    assert run.data.metrics["best_epoch"] == study.trials[0].user_attrs["best_epoch"]
 
 
 def test_nan_loss_prunes_with_reason_never_completes():

@@ -19,7 +19,7 @@ SHRUNK = {
     "train": {"epochs": 4, "num_threads": 1},
     # structured keeps 10% of the units with no fine-tuning: far beyond a 5-point budget
     "compress": {"max_accuracy_drop": 0.05, "prune_steps": 2, "step_epochs": 1, "sparsity": 0.5, "keep": 0.1,
-                 "structured_epochs": 0, "repeats": 5, "calibration_samples": 64},
+                 "structured_epochs": 0, "student_epochs": 2, "repeats": 5, "calibration_samples": 64},
     "promote": {"accuracy_floor": 0.5},
 }
 
@@ -37,7 +37,7 @@ def test_compress_register_and_objective(project):
 
     table = json.loads((project / "reports/compress/table.json").read_text())["rows"]
     rows = {r["variant"]: r for r in table}
-    assert set(rows) == {"fp32", "int8", "pruned", "structured"}
+    assert set(rows) == {"fp32", "int8", "pruned", "structured", "distilled"}
     assert not rows["structured"]["accepted"] and rows["structured"]["accuracy_drop"] > 0.05
     assert rows["pruned"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert rows["structured"]["macs"] < rows["fp32"]["macs"] / 10

@@ -53,7 +53,9 @@ def states(study) -> dict[str, int]:
 
 
 def test_killed_worker_then_rerun_completes_the_budget(project):
-    write_params(project, **{**SHRUNK, "tune": {**SHRUNK["tune"], "n_trials": 8, "epochs": [3, 4], "pruner": "none"}})
+    # worker 0 runs in the stage's process and starts trials at once; the budget leaves trials for
+    # worker 1 (a `python -m flows.tuning` process), which is killed inside one of its trials
+    write_params(project, **{**SHRUNK, "tune": {**SHRUNK["tune"], "n_trials": 12, "epochs": [3, 4], "pruner": "none"}})
     prepare(project)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(project / ".prefect")}
     stage = subprocess.Popen([str(BIN / "mlpipe"), "stage", "tune"], cwd=project, env=env, stdout=subprocess.PIPE,
@@ -63,15 +65,17 @@ def test_killed_worker_then_rerun_completes_the_budget(project):
     while time.time() < deadline and stage.poll() is None:
         journal = project / ".mlpipe" / "optuna" / "journal.log"
         if journal.exists() and journal.stat().st_size:
-            s = states(journal_study(project))
-            if s.get("COMPLETE", 0) >= 1 and s.get("RUNNING", 0) >= 1:
-                workers = [c for c in psutil.Process(stage.pid).children(recursive=True) if "flows.tuning" in " ".join(c.cmdline())]
-                victim = workers[0]
-                os.kill(victim.pid, signal.SIGKILL)
+            study = journal_study(project)
+            workers = {c.pid for c in psutil.Process(stage.pid).children(recursive=True) if "flows.tuning" in " ".join(c.cmdline())}
+            busy = [t.user_attrs["worker_pid"] for t in study.get_trials(states=(TrialState.RUNNING,))
+                    if t.user_attrs.get("worker_pid") in workers]
+            if busy and states(study).get("COMPLETE", 0) >= 1:
+                victim = busy[0]
+                os.kill(victim, signal.SIGKILL)
                 break
         time.sleep(0.2)
     out, err = stage.communicate(timeout=300)
-    assert victim is not None, f"no trial was seen running: {out[-1500:]} {err[-1500:]}"
+    assert victim is not None, f"no trial of a worker process was seen running: {out[-1500:]} {err[-1500:]}"
     assert stage.returncode == 2 and "killed by SIGKILL" in err, err[-2000:]
     left = states(journal_study(project))
     assert left.get("RUNNING", 0) >= 1  # the killed worker's trial
@@ -80,7 +84,7 @@ def test_killed_worker_then_rerun_completes_the_budget(project):
     assert again.returncode == 0, again.stderr[-2000:]
     study = journal_study(project)
     s = states(study)
-    assert s.get("COMPLETE", 0) + s.get("PRUNED", 0) == 8 and s.get("RUNNING", 0) == 0 and s.get("FAIL", 0) >= 1
+    assert s.get("COMPLETE", 0) + s.get("PRUNED", 0) == 12 and s.get("RUNNING", 0) == 0 and s.get("FAIL", 0) >= 1
     failed = {t.number: t.params for t in study.get_trials(states=(TrialState.FAIL,))}
     retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") in failed]
     assert retried and all(t.params.items() >= failed[t.user_attrs["retry_of"]].items() for t in retried)
