@@ -22,7 +22,9 @@ SETS = typer.Option(None, "--set", "-s", help="Override a config key, e.g. --set
 def _env() -> None:
     """Quiet, offline-friendly defaults for the tools; set before they are imported."""
     for k, v in {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GIT_PYTHON_REFRESH": "quiet"}.items():
+                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GIT_PYTHON_REFRESH": "quiet",
+                 # Prefect's temporary API server gets 20 s to start by default: too little on a busy 2-core machine
+                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
         os.environ.setdefault(k, v)
 
 
