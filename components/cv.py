@@ -64,8 +64,7 @@ def run_fold(X, y, tr: np.ndarray, held_out: np.ndarray, spec: dict, cfg: Config
     aug = augment.build_augment(cfg.augment, kind, X[fit_idx], value_range)
     hist = train.fit(model, X[fit_idx], y[fit_idx], X[stop_idx], y[stop_idx], cfg.train, cfg.seed,
                      augment=aug, log=log, progress=False)
-    # fit may have trained on a GPU; scoring runs on the CPU, where predict_logits puts the rows
-    return score(y[held_out], train.predict_logits(model.cpu(), X[held_out]).numpy()), hist
+    return score(y[held_out], train.predict_logits(model, X[held_out]).numpy()), hist
 
 
 def cross_validate(X, y, spec: dict, cfg: Config, kind: str, value_range, classes: list[str],

@@ -58,9 +58,12 @@ def _batches(n: int, batch_size: int, g: torch.Generator | None):
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
+    """Logits for X, on the CPU; the batches run wherever the model is (a GPU after training there)."""
     model.eval()
+    device = next(model.parameters(), torch.empty(0)).device  # no parameters (an ONNX Runtime wrapper): CPU
     x = torch.as_tensor(np.asarray(X, dtype=np.float32))
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else torch.empty(0)
+    return torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]) if len(x) \
+        else torch.empty(0)
 
 
 def _scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
