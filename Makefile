@@ -22,11 +22,16 @@ setup: $(BIN)/.installed
 run: setup
 	$(BIN)/mlpipe run
 
+# Two pytest workers (pytest-xdist): most of a test's time is process start-up and imports on one
+# core. A file runs on one worker, so a module fixture starts once; files start in the order of
+# tests/conftest.py (slowest first), not xdist's default (most tests first).
+TEST_WORKERS ?= 2
+
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

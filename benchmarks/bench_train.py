@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_train.py overhead [--repeats 3] [--epochs 5]
     .venv/bin/python benchmarks/bench_train.py memmap [--gb 4]
     .venv/bin/python benchmarks/bench_train.py ddp [--epochs 20]
+    .venv/bin/python benchmarks/bench_train.py omp-wait [--repeats 2] [--epochs 15]
 
 overhead: the train stage's compute (flows/train_worker.train_model: memmap streaming, validation
   every epoch, atomic checkpoints, model + history files) against benchmarks/bare_loop.py, same
@@ -10,7 +11,10 @@ overhead: the train stage's compute (flows/train_worker.train_model: memmap stre
 memmap: one epoch over a synthetic float32 dataset of --gb GB written under /tmp (deleted after),
   in a fresh process; reports its peak RSS.
 ddp: the train stage on digits with 1 rank x 2 threads and 2 ranks x 1 thread (gloo, elastic
-  launcher): test accuracy and training throughput of each."""
+  launcher): test accuracy and training throughput of each.
+omp-wait: the bare loop (default CNN, 2 torch threads, random 8x8 data) alone and as two processes
+  at once, with OMP_WAIT_POLICY ACTIVE (spinning) and PASSIVE (sleeping): why `make test`, whose two
+  workers train at the same time, sets PASSIVE."""
 from __future__ import annotations
 
 import argparse
@@ -200,10 +204,39 @@ def _score(proj: Path) -> dict:
             "epochs_run": len(hist["epochs"])}
 
 
+def omp_child(epochs: int) -> None:
+    import torch
+
+    from bare_loop import bare_train
+    from components import models
+
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    X, y = rng.random((1300, 1, 8, 8), dtype=np.float32), rng.integers(0, 10, 1300)
+    spec = {"arch": "cnn", "args": {"in_shape": [1, 8, 8], "n_classes": 10, "hidden": [128], "dropout": 0.2, "channels": [32, 64]}}
+    w, c = time.perf_counter(), time.process_time()
+    bare_train(models.build(spec), X, y, epochs, 64, 1e-3, 0)
+    print(json.dumps({"wall_s": time.perf_counter() - w, "cpu_s": time.process_time() - c}))
+
+
+def omp_wait(repeats: int, epochs: int) -> None:
+    rows = []
+    for rep in range(repeats):
+        for policy in ("ACTIVE", "PASSIVE"):
+            for procs in (1, 2):
+                env = {**os.environ, "OMP_WAIT_POLICY": policy}
+                ps = [subprocess.Popen([sys.executable, __file__, "omp-child", "--epochs", str(epochs)], env=env,
+                                       stdout=subprocess.PIPE, text=True) for _ in range(procs)]
+                res = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in ps]
+                rows.append({"repeat": rep, "policy": policy, "processes": procs, "wall_s": [r["wall_s"] for r in res],
+                             "cpu_s": [r["cpu_s"] for r in res]})
+                print(json.dumps({"bench": "omp-wait", **rows[-1], "loadavg": loadavg()}), flush=True)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["overhead", "memmap", "memmap-child", "ddp"])
+    p.add_argument("what", choices=["overhead", "memmap", "memmap-child", "ddp", "omp-wait", "omp-child"])
     p.add_argument("root", nargs="?")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=5)
@@ -211,4 +244,5 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     {"overhead": lambda: overhead(a.repeats, a.epochs, a.threads), "memmap": lambda: memmap(a.gb),
-     "memmap-child": lambda: memmap_child(a.root), "ddp": lambda: ddp(a.epochs)}[a.what]()
+     "memmap-child": lambda: memmap_child(a.root), "ddp": lambda: ddp(a.epochs),
+     "omp-wait": lambda: omp_wait(a.repeats, a.epochs), "omp-child": lambda: omp_child(a.epochs)}[a.what]()

@@ -72,8 +72,9 @@ def mlflow_command(port: int, backend: str, artifacts: str, auth: bool = False, 
     return cmd + (["--app-name", "basic-auth"] if auth else [])
 
 
-def prefect_command(port: int) -> list[str]:
-    return [tool("prefect"), "server", "start", "--host", HOST, "--port", str(port)]
+def prefect_command(port: int, services: bool = True) -> list[str]:
+    """services False: the API alone, without the scheduler and the other background loops."""
+    return [tool("prefect"), "server", "start", "--host", HOST, "--port", str(port)] + ([] if services else ["--no-services"])
 
 
 def prefect_env(db_url: str, home: Path) -> dict[str, str]:
@@ -122,11 +123,11 @@ def launch_mlflow(state: Path, port: int, backend: str | None = None, artifacts:
     return Server("mlflow", f"http://{HOST}:{port}", pid, state / "mlflow.log")
 
 
-def launch_prefect(state: Path, port: int, db_url: str | None = None) -> Server:
+def launch_prefect(state: Path, port: int, db_url: str | None = None, services: bool = True) -> Server:
     """db_url None: SQLite under state/ (Prefect turns on WAL itself). Not yet healthy."""
     state = Path(state)
     db_url = db_url or f"sqlite+aiosqlite:///{(state / 'prefect.db').resolve()}"
-    pid = launch("prefect", prefect_command(port), state / "prefect.log", prefect_env(db_url, state / "prefect-home"), cwd=state)
+    pid = launch("prefect", prefect_command(port, services), state / "prefect.log", prefect_env(db_url, state / "prefect-home"), cwd=state)
     return Server("prefect", f"http://{HOST}:{port}/api", pid, state / "prefect.log")
 
 

@@ -93,12 +93,12 @@ def test_killed_worker_then_rerun_completes_the_budget(project):
     assert third.returncode == 0 and len(journal_study(project).trials) == len(study.trials)
 
 
-def test_tune_and_cv_in_the_prefect_flow(project):
+def test_tune_and_cv_in_the_prefect_flow(project, prefect_api):
     import mlflow
     from mlflow.tracking import MlflowClient
 
     write_params(project, **SHRUNK)
-    r = cli("run", cwd=project)
+    r = cli("run", cwd=project, env={"PREFECT_API_URL": prefect_api})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "tuning" in r.stdout and "cv accuracy" in r.stdout
     best = yaml.safe_load((project / "reports/tune/best_params.json").read_text())
