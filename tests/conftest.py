@@ -16,15 +16,15 @@ BIN = Path(sys.executable).parent
 for k, v in {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GIT_PYTHON_REFRESH": "quiet",
              "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-             # two pytest workers on two cores: torch's OpenMP threads must sleep, not spin, while they
-             # wait (spinning made two 2-thread trainings at once 2.4x slower; a lone one is faster spinning)
+             # two pytest workers on two cores: torch's OpenMP threads must sleep, not spin, while they wait
+             # (two 2-thread trainings at once: 3-4x slower spinning; `bench_train.py omp-wait`)
              "OMP_WAIT_POLICY": "PASSIVE"}.items():
     os.environ.setdefault(k, v)
 
 
-# The slowest files first (longest first: with two pytest workers, `make test` hands out one file at
-# a time, so the short files fill the gaps at the end instead of one long file running alone).
-# Measured 2026-11-22 on the 2-core VM, seconds per file: ~150, 130, 115, 110, 130, 110, 60.
+# The slowest files first (about 1-2.5 min each on the 2-core VM; "Test suite time" in BENCHMARKS.md):
+# with two pytest workers, `make test` hands out one file at a time, so the short files fill the gaps
+# at the end instead of one long file running alone.
 SLOWEST_FIRST = ["test_servers.py", "test_dvc.py", "test_pipeline.py", "test_shared_postgres.py", "test_ddp.py",
                  "test_tune_e2e.py", "test_imagefolder.py"]
 
@@ -69,7 +69,8 @@ def project(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory) -> str:
-    """One real Prefect server (SQLite; the API without the scheduler's background services) for the end-to-end tests of this test process.
+    """One real Prefect server for the end-to-end tests of this pytest worker (SQLite; the API without
+    the scheduler's background services).
 
     Without PREFECT_API_URL every `mlpipe run` starts Prefect's temporary server (and a fresh
     PREFECT_HOME migrates its database): ~10-20 s of CPU per run. Tests that run several flows use
