@@ -30,7 +30,7 @@ def versions(client, name):
 
 
 def test_flow_tracks_registers_gates_and_survives_bad_input(project, prefect_api):
-    api = {"PREFECT_API_URL": prefect_api}  # a running Prefect server; the test below uses the temporary one
+    api = {"PREFECT_API_URL": prefect_api}  # a running Prefect server; test_imagefolder.py uses the temporary one
     r = cli("run", *SHRUNK, cwd=project, env=api)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "mlpipe-digits v1" in r.stdout and "promoted" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
