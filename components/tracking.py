@@ -142,7 +142,7 @@ class RunBuffer:
         MlflowClient().log_batch(run_id, metrics=self.metrics,
                                  params=[mlflow.entities.Param(k, v) for k, v in self.params.items()],
                                  tags=[mlflow.entities.RunTag(k, v) for k, v in self.tags.items()])
-        self.__init__()
+        self.metrics, self.params, self.tags = [], {}, {}
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:

@@ -10,16 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flows.cli import _env
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-for k, v in {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GIT_PYTHON_REFRESH": "quiet",
-             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-             # two pytest workers on two cores: torch's OpenMP threads must sleep, not spin, while they wait
-             # (two 2-thread trainings at once: 3-4x slower spinning; `bench_train.py omp-wait`)
-             "OMP_WAIT_POLICY": "PASSIVE"}.items():
-    os.environ.setdefault(k, v)
+_env()  # the tools' quiet, offline defaults, as every `mlpipe` command sets them
+# two pytest workers on two cores: torch's OpenMP threads must sleep, not spin, while they wait
+# (two 2-thread trainings at once: 3-4x slower spinning; `bench_train.py omp-wait`)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # The slowest files first (about 1-2.5 min each on the 2-core VM; "Test suite time" in BENCHMARKS.md):
