@@ -8,6 +8,10 @@ Runtime), a timing-only "floor" (the fp32 layers at width 1: what the layers cos
 and the other int8 paths (torch.ao FX / quantize_dynamic, deprecated; torchao PT2E +
 X86InductorQuantizer + torch.compile; torchao quantize_ for Linear).
 
+Torch-eager rows time what the pipeline serves (models.for_inference: BatchNorm folded into the
+convolutions, Dropout dropped), in inference mode; one extra row times the fp32 model in its training
+form for comparison.
+
 Accuracy: every variant is rebuilt from an fp32 model trained with each of --seeds seeds; drops are
 against that seed's fp32 model (mean and range over seeds). Timing: the first seed's models, one
 thread, interleaved (`measure.latency_rounds`: each round times every model in turn, median of
@@ -151,22 +155,24 @@ def build(label, ds, mcfg, epochs, ccfg, seed, tmp: Path, extras: bool) -> tuple
     size = lambda f: os.path.getsize(f)
     macs, small_macs, student_macs = (measure.count_macs(m, in_shape) for m in (model, small, student))
     st = measure.weight_stats(pruned)
+    serve = models.for_inference  # what the pipeline loads, measures and serves for a torch file
     rows = {
-        "fp32 torch eager": {"model": model, "rt": "torch", "size": size(p("fp32.pt")), "macs": macs, "sparsity": 0.0},
+        "fp32 torch eager, training form (BatchNorm, Dropout kept; timing only)": {"model": model, "rt": "torch", "timing_only": True},
+        "fp32 torch eager": {"model": serve(model), "rt": "torch", "size": size(p("fp32.pt")), "macs": macs, "sparsity": 0.0},
         "fp32 onnxruntime": {"model": compress.OnnxModule(compress.export_onnx(model, spec, classes, p("fp32.onnx")), 1), "rt": "ort",
                              "size": size(p("fp32.onnx"))},
         f"int8 onnxruntime {mode} (pipeline)": {"model": compress.OnnxModule(q, 1), "rt": "ort", "size": size(q), "macs": macs},
         f"int8 torch.ao {'FX static' if mode == 'static' else 'quantize_dynamic'} (deprecated)": {"model": torch_ao_int8(model, calib, mode), "rt": "torch"},
-        "pruned (unstructured, pipeline)": {"model": pruned, "rt": "torch", "size": size(p("pruned.pt")), "macs": macs,
+        "pruned (unstructured, pipeline)": {"model": serve(pruned), "rt": "torch", "size": size(p("pruned.pt")), "macs": macs,
                                             "sparsity": st["sparsity"], "gzip": measure.file_sizes(p("pruned.pt"))[1]},
-        "structured (pipeline)": {"model": small, "rt": "torch", "size": size(p("structured.pt")), "macs": small_macs},
+        "structured (pipeline)": {"model": serve(small), "rt": "torch", "size": size(p("structured.pt")), "macs": small_macs},
         "structured onnxruntime (same model)": {"model": compress.OnnxModule(compress.export_onnx(small, small_spec, classes, p("s.onnx")), 1),
                                                 "rt": "ort", "size": size(p("s.onnx")), "macs": small_macs},
-        f"structured, {'labels only' if ccfg.structured_teacher else 'with fp32 soft targets'} (not the pipeline's)": {"model": small_other, "rt": None},
-        "distilled (pipeline, one block fewer)": {"model": student, "rt": "torch", "size": size(p("distilled.pt")), "macs": student_macs},
+        f"structured, {'labels only' if ccfg.structured_teacher else 'with fp32 soft targets'} (not the pipeline's)": {"model": serve(small_other), "rt": None},
+        "distilled (pipeline, one block fewer)": {"model": serve(student), "rt": "torch", "size": size(p("distilled.pt")), "macs": student_macs},
         "distilled onnxruntime (same model)": {"model": compress.OnnxModule(compress.export_onnx(student, student_spec, classes, p("d.onnx")), 1),
                                                "rt": "ort", "size": size(p("d.onnx")), "macs": student_macs},
-        "floor: fp32 layers, width 1 (timing only)": {"model": floor, "rt": "torch", "timing_only": True},
+        "floor: fp32 layers, width 1 (timing only)": {"model": serve(floor), "rt": "torch", "timing_only": True},
         "floor onnxruntime (timing only)": {"model": compress.OnnxModule(compress.export_onnx(floor, floor_spec, classes, p("floor.onnx")), 1),
                                             "rt": "ort", "timing_only": True},
     }

@@ -64,10 +64,12 @@ def onnx_meta(path: str | Path) -> dict:
 
 
 def load_model_file(path: str | Path, threads: int = 0) -> tuple[nn.Module, dict, list[str]]:
-    """Any variant's file -> (model in eval mode, spec, class names). Never unpickles code."""
+    """Any variant's file -> (model ready for inference, spec, class names). Never unpickles code.
+    A torch file comes back with BatchNorm folded and Dropout dropped (models.for_inference)."""
     path = Path(path)
     if path.suffix != ".onnx":
-        return models.load(path)
+        model, spec, classes = models.load(path)
+        return models.for_inference(model), spec, classes
     if not path.exists():
         raise MlpipeError(f"{path}: model file not found")
     meta = onnx_meta(path)

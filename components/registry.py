@@ -42,7 +42,7 @@ class Classifier(mlflow.pyfunc.PythonModel):
 
         x = np.asarray(X.to_numpy() if isinstance(X, pd.DataFrame) else X, dtype=np.float32)
         x = x.reshape((len(x), *self.shape))
-        with torch.no_grad():
+        with torch.inference_mode():
             return softmax(predict_logits(self.model, x).numpy())
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:

@@ -96,6 +96,30 @@ def test_structured_shrink_keeps_the_function_of_the_kept_units(spec):
     assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in m.parameters())
 
 
+@pytest.mark.parametrize("spec", [CNN_SPEC, MLP_SPEC], ids=["cnn", "mlp"])
+def test_inference_copy_folds_batchnorm_drops_dropout_and_predicts_the_same(tmp_path, spec):
+    spec = copy.deepcopy(spec)
+    spec["args"]["dropout"] = 0.3
+    X, y = blobs(shape=tuple(spec["args"]["in_shape"]))
+    m = trained(spec, X, y, epochs=3)  # BatchNorm running statistics away from their initial 0/1
+    served = models.for_inference(m)
+    kinds = {type(layer) for layer in served.modules()}
+    assert nn.BatchNorm2d not in kinds and nn.Dropout not in kinds
+    assert not any(p.requires_grad for p in served.parameters())
+    if spec["arch"] == "cnn":
+        convs = [layer for layer in served.modules() if isinstance(layer, nn.Conv2d)]
+        assert len(convs) == 4 and all(c.bias is not None for c in convs)  # each BatchNorm became its conv's bias
+    x = torch.as_tensor(X)
+    with torch.no_grad():
+        torch.testing.assert_close(served(x), m.eval()(x), rtol=1e-4, atol=1e-4)
+    assert nn.Dropout in {type(layer) for layer in m.modules()}  # the original is left as it was
+    models.save(m, spec, ["a", "b", "c"], tmp_path / "m.pt")
+    loaded = compress.load_model_file(tmp_path / "m.pt")[0]  # what measurement and serving load
+    assert nn.Dropout not in {type(layer) for layer in loaded.modules()}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), served(x))
+
+
 def test_distillation_learns_the_teachers_answers_and_alpha_zero_the_labels():
     X, y = blobs()
     teacher = trained(MLP_SPEC, X, y)
