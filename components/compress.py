@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -81,42 +82,32 @@ def load_model_file(path: str | Path, threads: int = 0) -> tuple[nn.Module, dict
 # ---------------------------------------------------------------- fine-tuning
 
 
+def distill_loss(teacher: nn.Module, alpha: float, temperature: float):
+    """The engine loss_fn of distillation: alpha * T^2 * KL(teacher || student, both at temperature T)
+    + (1 - alpha) * cross-entropy on the labels (Hinton et al. 2015); the teacher (in eval mode, on the
+    batch's device) sees the same augmented batch as the student."""
+    F = nn.functional
+    on: dict[torch.device, nn.Module] = {}
+
+    def loss(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if xb.device not in on:  # a copy on a training GPU; the caller's teacher stays where it is
+            on[xb.device] = teacher if next(teacher.parameters()).device == xb.device else copy.deepcopy(teacher).to(xb.device)
+        with torch.no_grad():
+            soft = F.log_softmax(on[xb.device].eval()(xb).float() / temperature, 1)
+        kd = F.kl_div(F.log_softmax(logits / temperature, 1), soft, log_target=True, reduction="batchmean")
+        return alpha * temperature**2 * kd + (1 - alpha) * F.cross_entropy(logits, yb)
+
+    return loss
+
+
 def distill(student: nn.Module, teacher: nn.Module, X_tr, y_tr, X_va, y_va, cfg: TrainConfig, seed: int,
             augment=None, alpha: float = 0.9, temperature: float = 4.0) -> None:
-    """Fine-tune `student` in place on alpha * T^2 * KL(teacher || student, both at temperature T)
-    + (1 - alpha) * cross-entropy on the labels (Hinton et al. 2015), on the same augmented batches
-    for both; AdamW with a cosine-decayed lr; keeps the epoch with the lowest validation loss."""
-    from components.train import seed_everything
+    """Fine-tune `student` in place on distill_loss through the training loop (train.fit: cfg's lr
+    schedule, divergence checks, the weights of the epoch with the lowest validation loss)."""
+    from components import train
 
-    F = nn.functional
-    g = seed_everything(seed)
-    teacher.eval()
-    y_tr, x_va, y_va = torch.as_tensor(np.asarray(y_tr)), torch.as_tensor(np.asarray(X_va)), torch.as_tensor(np.asarray(y_va))
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * -(-len(y_tr) // cfg.batch_size))
-    best, best_state = float("inf"), None
-    for _ in range(cfg.epochs):
-        student.train()
-        for idx in torch.randperm(len(y_tr), generator=g).split(cfg.batch_size):
-            xb = torch.as_tensor(np.asarray(X_tr[np.sort(idx.numpy())]))  # sorted: memmaps read forward
-            yb = y_tr[idx.sort().values]
-            xb = augment(xb, g) if augment is not None else xb
-            with torch.no_grad():
-                soft = F.log_softmax(teacher(xb) / temperature, 1)
-            logits = student(xb)
-            kd = F.kl_div(F.log_softmax(logits / temperature, 1), soft, log_target=True, reduction="batchmean")
-            loss = alpha * temperature**2 * kd + (1 - alpha) * F.cross_entropy(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        student.eval()
-        with torch.no_grad():
-            val = F.cross_entropy(student(x_va), y_va).item()
-        if val < best:
-            best, best_state = val, copy.deepcopy(student.state_dict())
-    if best_state is not None:
-        student.load_state_dict(best_state)
+    train.fit(student, X_tr, y_tr, X_va, y_va, cfg, seed, augment=augment, progress=False,
+              loss_fn=distill_loss(teacher, alpha, temperature))
 
 
 def fine_tuner(X_tr, y_tr, X_va, y_va, seed: int, augment, cfg: CompressConfig) -> FitFn:
@@ -147,7 +138,7 @@ def sparsity_schedule(final: float, steps: int) -> list[float]:
 
 
 def prune_unstructured(model: nn.Module, cfg: CompressConfig, fit: FitFn, train_cfg: TrainConfig) -> nn.Module:
-    """Copy of `model` with cfg.sparsity of its conv/linear weights zeroed (smallest |w| across
+    """Copy of `model` with at least cfg.sparsity of its conv/linear weights zeroed (smallest |w| across
     all layers), fine-tuned after every round with the masks held; the masks are then folded
     into the weights, so the result is a plain module of the original shape."""
     model = copy.deepcopy(model)
@@ -155,7 +146,7 @@ def prune_unstructured(model: nn.Module, cfg: CompressConfig, fit: FitFn, train_
     total = sum(m.weight.numel() for m, _ in params)
     for target in sparsity_schedule(cfg.sparsity, cfg.prune_steps):
         done = sum(int((m.weight == 0).sum()) for m, _ in params)
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=max(0, round(target * total) - done))
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=max(0, math.ceil(target * total - 1e-9) - done))
         if cfg.step_epochs:
             fit(model, train_cfg.model_copy(update={"epochs": cfg.step_epochs}))
     for m, name in params:

@@ -164,7 +164,12 @@ def _diverged(value, epoch: int, step: int | None, cfg: TrainConfig) -> Training
         f"(now {cfg.precision}). No checkpoint was written for this epoch.")
 
 
-def _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g) -> float:
+def cross_entropy(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    """The default training loss; a loss_fn gets the (augmented) input batch too, e.g. for a teacher."""
+    return nn.functional.cross_entropy(logits, yb)
+
+
+def _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn=cross_entropy) -> float:
     """One epoch -> mean training loss over all ranks. A single CPU process checks the loss every step;
     on a GPU or with several ranks it is checked once at the end of the epoch (a per-step check would
     stall the GPU queue or add an all-reduce to every step), which still raises before any checkpoint."""
@@ -179,7 +184,7 @@ def _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g)
             xb = augment(xb, g)
         xb, yb = _to(xb, d.device, cl), yb.to(d.device, non_blocking=True)
         with autocast(d.device, cfg.precision):
-            loss = nn.functional.cross_entropy(net(xb).float(), yb)
+            loss = loss_fn(net(xb).float(), xb, yb)
         if check_each_step and not math.isfinite(value := loss.item()):
             raise _diverged(value, epoch, step, cfg)
         opt.zero_grad(set_to_none=True)
@@ -206,10 +211,11 @@ def _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g)
 def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfig, seed: int,
                augment: Callable | None = None, log: Callable | None = None, progress: bool = True, *,
                dist: distributed.Dist | None = None, checkpoint_dir: str | Path | None = None, resume_key: str = "",
-               on_epoch: Callable[[int, dict], None] | None = None):
+               on_epoch: Callable[[int, dict], None] | None = None, loss_fn: Callable | None = None):
     """See train.fit. checkpoint_dir: save every cfg.checkpoint_every epochs and resume from the
     newest good checkpoint whose resume_key matches. on_epoch(epoch, row) runs on every rank after
-    each epoch (raise from it to stop, e.g. an Optuna pruner)."""
+    each epoch (raise from it to stop, e.g. an Optuna pruner). loss_fn(logits, xb, yb) -> loss
+    replaces the cross-entropy on the labels (e.g. compress.distill_loss)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from components.train import History, _scheduler, seed_everything
@@ -246,7 +252,7 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
             if st.done:
                 break
             t0 = time.perf_counter()
-            train_loss = _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g)
+            train_loss = _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn or cross_entropy)
             hist.train_seconds.append(time.perf_counter() - t0)
             val_loss, val_acc = evaluate(model, Xv, yv, d, cfg.precision, cfg.channels_last)
             if not math.isfinite(val_loss):

@@ -2,6 +2,7 @@
 import copy
 import gzip
 import json
+import math
 import os
 
 import numpy as np
@@ -58,7 +59,7 @@ def test_unstructured_pruning_is_measured_from_weights_and_permanent(tmp_path):
     assert not any(k.endswith(("_orig", "_mask")) for k in state)  # masks folded in
     w = [state[k] for k in state if k.endswith("weight")]
     zeros, total = sum(int((t == 0).sum()) for t in w), sum(t.numel() for t in w)
-    assert zeros == round(0.8 * total)  # global: exact count across layers, not per layer
+    assert zeros == math.ceil(0.8 * total)  # global: exact count across layers, not per layer; never under the target
     assert measure.weight_stats(p)["sparsity"] == pytest.approx(zeros / total)
     models.save(p, MLP_SPEC, ["a", "b", "c"], tmp_path / "p.pt")
     back, _, _ = models.load(tmp_path / "p.pt")
