@@ -106,7 +106,7 @@ class CompressConfig(_Section):
     step_epochs: int = Field(2, ge=0, le=1000)  # pruned: fine-tune epochs after each round
     keep: float = Field(0.5, gt=0.0, le=1.0)  # structured: fraction of channels / hidden neurons kept per layer
     structured_epochs: int = Field(10, ge=0, le=1000)  # structured: fine-tune epochs
-    structured_teacher: bool = False  # structured: fine-tune on the fp32 model's soft targets too (distill_*); false = labels only
+    structured_teacher: bool = True  # structured: fine-tune on the fp32 model's soft targets too (distill_*); false = labels only
     distill_alpha: float = Field(0.5, ge=0.0, le=1.0)  # distilled (and structured_teacher): weight of the soft targets in the loss; 0 = labels only
     distill_temperature: float = Field(4.0, gt=0.0, le=100.0)  # distilled (and structured_teacher): softmax temperature of the soft targets
     student_drop_blocks: int = Field(1, ge=0, le=16)  # distilled: conv blocks (cnn) / hidden layers (mlp) fewer than fp32; widths x keep
