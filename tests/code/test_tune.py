@@ -19,7 +19,7 @@ from tests.conftest import REPO, need_service
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 TINY = ["tune.epochs=[2,3]", "tune.width=[4]", "tune.depth=[1,1]", "tune.batch_size=[16]", "tune.min_resource=1",
-        "model.kind=mlp", "data.val_size=0.25"]
+        "model.kind=mlp", "data.val_size=0.25", "tune.objective=holdout"]
 
 
 def tabular(n_per_class=20, k=3, d=4, seed=0) -> tune.TrialData:
@@ -94,6 +94,24 @@ def test_objective_completes_and_records_attrs():
     assert t.state == TrialState.COMPLETE
     assert t.value == pytest.approx(t.user_attrs["val_loss"]) and 0 <= t.user_attrs["val_accuracy"] <= 1
     assert t.user_attrs["overrides"]["model.hidden"] == [4]
+
+
+def test_cv_objective_is_the_mean_over_the_folds_of_the_cv_stage():
+    from components import cv, models
+
+    cfg = load_config(None, [*TINY, "tune.objective=cv", "cv.folds=3"])
+    td = tabular()
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.optimize(lambda t: tune.objective(t, cfg, td), n_trials=1)
+    t = study.trials[0]
+    assert t.state == TrialState.COMPLETE and "best_epoch" not in t.user_attrs  # no single holdout run
+    # the same config through the cv stage's function: the trial's value is its mean fold loss
+    tcfg = tune.apply_overrides(cfg, t.user_attrs["overrides"])
+    spec = models.model_args(tcfg.model, td.feature_shape, len(td.classes), td.kind)
+    s = cv.summarize(cv.cross_validate(td.X, td.y, spec, tcfg, td.kind, td.value_range, td.classes))
+    assert s["folds"] == 3
+    assert t.value == pytest.approx(s["loss_mean"], rel=1e-4)
+    assert t.user_attrs["val_accuracy"] == pytest.approx(s["accuracy_mean"]) and t.user_attrs["val_accuracy_std"] == pytest.approx(s["accuracy_std"])
 
 
 def test_trial_child_run_holds_every_epoch_params_and_state(tmp_path):
