@@ -129,7 +129,7 @@ class TuneConfig(_Section):
     enabled: bool = True  # false: train uses the config as written
     n_trials: int = Field(30, ge=1, le=100_000)  # total budget of finished (complete + pruned) trials, earlier runs included
     n_workers: int = Field(2, ge=1, le=256)  # processes sharing the study; CPU threads are split between them
-    objective: Literal["holdout", "cv"] = "cv"  # cv: mean over cv.folds folds; holdout: data.val_size split
+    objective: Literal["holdout", "cv"] = "holdout"  # holdout: data.val_size split; cv: mean over cv.folds folds
     metric: Literal["val_loss", "val_accuracy"] = "val_loss"  # what trials report each epoch and the study optimizes
     pruner: Literal["none", "median", "halving", "hyperband"] = "hyperband"
     min_resource: int = Field(3, ge=1, le=10_000)  # epochs a trial runs before a pruner may stop it

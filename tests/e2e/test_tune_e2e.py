@@ -55,8 +55,7 @@ def states(study) -> dict[str, int]:
 def test_killed_worker_then_rerun_completes_the_budget(project):
     # worker 0 runs in the stage's process and starts trials at once; the budget leaves trials for
     # worker 1 (a `python -m flows.tuning` process), which is killed inside one of its trials
-    write_params(project, **{**SHRUNK, "tune": {**SHRUNK["tune"], "n_trials": 12, "epochs": [3, 4], "pruner": "none",
-                                                "objective": "holdout"}})
+    write_params(project, **{**SHRUNK, "tune": {**SHRUNK["tune"], "n_trials": 12, "epochs": [3, 4], "pruner": "none"}})
     prepare(project)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(project / ".prefect")}
     stage = subprocess.Popen([str(BIN / "mlpipe"), "stage", "tune"], cwd=project, env=env, stdout=subprocess.PIPE,
