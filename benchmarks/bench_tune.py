@@ -3,7 +3,7 @@
     python benchmarks/bench_tune.py pruning  [--seeds 0 1 2] [--budget 240] [--pruner halving] [--set KEY=VALUE] [--jobs 2]
     python benchmarks/bench_tune.py storage  [--trials 30] [--repeats 3]
     python benchmarks/bench_tune.py parallel [--trials 20]
-    python benchmarks/bench_tune.py quality  --project DIR   (a folder where `mlpipe run` finished)
+    python benchmarks/bench_tune.py quality  --project DIR [--remeasure 1 2 3]   (a folder where `mlpipe run` finished)
 
 Each prints a markdown table; BENCHMARKS.md quotes them with the machine load at the time."""
 from __future__ import annotations
@@ -158,6 +158,24 @@ def quality(args) -> None:
     print("| model | 5-fold CV accuracy (train split) | test accuracy (seed-0 80/20) |\n|---|---|---|")
     print(f"| tuned CNN (mlpipe run) | {cvm['accuracy_mean']:.4f} +- {cvm['accuracy_std']:.4f} | {test['test_accuracy']:.4f} |")
     print(f"| SVC, grid-searched {grid.best_params_} | {grid.best_score_:.4f} | {svc_test:.4f} |")
+    if args.remeasure:
+        remeasure(proj, ds, args.remeasure)
+
+
+def remeasure(proj: Path, ds, seeds: list[int]) -> None:
+    """The champion's config (reports/tune/best_params.json) cross-validated again with other seeds
+    (fold shuffle and weight init): how much of its reported CV is the luck of the seed-0 folds."""
+    import torch
+
+    from components import cv, models
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    best = json.loads((proj / "reports/tune/best_params.json").read_text())
+    for seed in seeds:
+        cfg = tune.apply_overrides(load_config(proj / "params.yaml", [f"seed={seed}"]), best["overrides"])
+        spec = models.model_args(cfg.model, ds.meta.feature_shape, ds.meta.n_classes, ds.meta.kind)
+        s = cv.summarize(cv.cross_validate(ds.X_train, ds.y_train, spec, cfg, ds.meta.kind, ds.meta.value_range, ds.meta.classes))
+        print(f"| champion config, 5-fold CV with seed {seed} | {s['accuracy_mean']:.4f} +- {s['accuracy_std']:.4f} | |", flush=True)
 
 
 def main() -> None:
@@ -173,6 +191,7 @@ def main() -> None:
     p.add_argument("--project", default=".")
     p.add_argument("--set", dest="sets", action="append", default=[], help="pruning: config override KEY=VALUE for every study")
     p.add_argument("--jobs", type=int, default=1, help="pruning: studies run at once (1 torch thread each)")
+    p.add_argument("--remeasure", type=int, nargs="*", default=[], help="quality: also cross-validate the champion with these seeds")
     p.add_argument("--threads-per-worker", type=int, default=0, help="parallel: 0 = cores // workers (the stage default)")
     args = p.parse_args()
     if args.trials is None:
