@@ -125,7 +125,7 @@ def build(label, ds, mcfg, epochs, ccfg, seed, tmp: Path, extras: bool) -> tuple
     tr, va = train.val_split(ds.y_train, 0.1, 0)
     aug = build_augment(AugmentConfig(), ds.meta.kind, ds.X_train[tr], ds.meta.value_range)
     fit = compress.fine_tuner(ds.X_train[tr], ds.y_train[tr], ds.X_train[va], ds.y_train[va], seed, aug, ccfg)
-    tcfg = TrainConfig(epochs=epochs, num_threads=2)
+    tcfg = TrainConfig(epochs=epochs, num_threads=2, keep="best")  # the fp32 model as in round 4 (train.keep's default was best then)
     torch.set_num_threads(2)
     train.seed_everything(seed)
     t0 = time.time()

@@ -76,7 +76,11 @@ class TrainConfig(_Section):
     lr: float = Field(3e-3, gt=0.0, le=1.0)  # AdamW peak learning rate
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
-    patience: int = Field(10, ge=1)  # epochs without val-loss improvement before stopping
+    # which weights a run ends with: last = the final epoch's (the lr schedule runs to its end, no early
+    # stopping); best = the epoch with the lowest validation loss (early stopping after `patience` epochs
+    # without improvement). last scored ~0.3 points higher in 5-fold CV on digits (BENCHMARKS.md, issue 3)
+    keep: Literal["last", "best"] = "last"
+    patience: int = Field(10, ge=1)  # keep: best: epochs without val-loss improvement before stopping
     num_threads: int = Field(0, ge=0)  # torch CPU threads per rank; 0 = all cores / ranks on this node
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16: autocast (CPU, GPU); fp16: autocast + grad scaler, CUDA only
     compile: bool = False  # torch.compile the model (first epoch pays the compile: ~10+ s on CPU)

@@ -264,11 +264,13 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
                 log(row, epoch)
             if on_epoch is not None:
                 on_epoch(epoch, row)
-            if val_loss < st.best - 1e-6:
+            if cfg.keep == "last":  # the weights of the epoch just run; the schedule decides the length
+                hist.best_epoch = epoch
+            elif val_loss < st.best - 1e-6:
                 st.best, st.best_state, st.bad, hist.best_epoch = val_loss, _cpu(model.state_dict()), 0, epoch
             else:
                 st.bad += 1
-            st.epoch, st.done = epoch, st.bad >= cfg.patience
+            st.epoch, st.done = epoch, cfg.keep == "best" and st.bad >= cfg.patience
             hist.stopped_early = st.done
             bar.update(task, advance=1, msg=f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}")
             if ckpt is not None and (epoch % cfg.checkpoint_every == 0 or st.done or epoch == cfg.epochs):

@@ -40,7 +40,7 @@ def val_split(y: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np
 @dataclass
 class History:
     epochs: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
-    best_epoch: int = 0
+    best_epoch: int = 0  # the epoch whose weights the model ends with (train.keep: last -> the final one)
     stopped_early: bool = False
     resumed_from: int = 0  # last epoch restored from a checkpoint; 0 = a fresh start
     train_seconds: list[float] = field(default_factory=list)  # wall time of each epoch's training steps

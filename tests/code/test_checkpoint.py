@@ -214,3 +214,21 @@ def test_cuda_checkpoint_resume_is_exact(tmp_path):
     hist, resumed = run(tmp_path)
     assert hist.resumed_from == 2
     assert [r["val_accuracy"] for r in hist.epochs] == [r["val_accuracy"] for r in full_hist.epochs]
+
+
+@pytest.mark.parametrize("keep", ["last", "best"])
+def test_keep_decides_the_final_weights_and_early_stopping(keep):
+    X, y = blobs()
+    y_val = (y[200:] + 1) % 3  # validation labels that contradict the training ones: val loss rises as it learns
+    m, per_epoch = mlp(), {}
+    cfg = CFG.model_copy(update={"epochs": 12, "patience": 2, "keep": keep})
+    hist = train.fit(m, X[:200], y[:200], X[200:], y_val, cfg, 0, progress=False,
+                     on_epoch=lambda e, row: per_epoch.__setitem__(e, {k: v.clone() for k, v in m.state_dict().items()}))
+    losses = [row["val_loss"] for row in hist.epochs]
+    if keep == "last":  # the whole schedule, the final epoch's weights
+        assert len(hist.epochs) == 12 and not hist.stopped_early and hist.best_epoch == 12
+    else:  # stopped `patience` epochs after the lowest validation loss, that epoch's weights restored
+        assert hist.stopped_early and len(hist.epochs) == hist.best_epoch + 2 < 12
+        assert hist.best_epoch == 1 + int(np.argmin(losses))
+    want = per_epoch[hist.best_epoch]
+    assert all(torch.equal(v, want[k]) for k, v in m.state_dict().items())
