@@ -91,9 +91,10 @@ def distill_loss(teacher: nn.Module, alpha: float, temperature: float):
 
     def loss(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         if xb.device not in on:  # a copy on a training GPU; the caller's teacher stays where it is
-            on[xb.device] = teacher if next(teacher.parameters()).device == xb.device else copy.deepcopy(teacher).to(xb.device)
+            same = next(teacher.parameters()).device == xb.device
+            on[xb.device] = (teacher if same else copy.deepcopy(teacher).to(xb.device)).eval()
         with torch.no_grad():
-            soft = F.log_softmax(on[xb.device].eval()(xb).float() / temperature, 1)
+            soft = F.log_softmax(on[xb.device](xb).float() / temperature, 1)
         kd = F.kl_div(F.log_softmax(logits / temperature, 1), soft, log_target=True, reduction="batchmean")
         return alpha * temperature**2 * kd + (1 - alpha) * F.cross_entropy(logits, yb)
 

@@ -169,7 +169,7 @@ def cross_entropy(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> t
     return nn.functional.cross_entropy(logits, yb)
 
 
-def _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn=cross_entropy) -> float:
+def _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn) -> float:
     """One epoch -> mean training loss over all ranks. A single CPU process checks the loss every step;
     on a GPU or with several ranks it is checked once at the end of the epoch (a per-step check would
     stall the GPU queue or add an all-reduce to every step), which still raises before any checkpoint."""
@@ -211,7 +211,7 @@ def _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g,
 def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfig, seed: int,
                augment: Callable | None = None, log: Callable | None = None, progress: bool = True, *,
                dist: distributed.Dist | None = None, checkpoint_dir: str | Path | None = None, resume_key: str = "",
-               on_epoch: Callable[[int, dict], None] | None = None, loss_fn: Callable | None = None):
+               on_epoch: Callable[[int, dict], None] | None = None, loss_fn: Callable = cross_entropy):
     """See train.fit. checkpoint_dir: save every cfg.checkpoint_every epochs and resume from the
     newest good checkpoint whose resume_key matches. on_epoch(epoch, row) runs on every rank after
     each epoch (raise from it to stop, e.g. an Optuna pruner). loss_fn(logits, xb, yb) -> loss
@@ -252,7 +252,7 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
             if st.done:
                 break
             t0 = time.perf_counter()
-            train_loss = _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn or cross_entropy)
+            train_loss = _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn)
             hist.train_seconds.append(time.perf_counter() - t0)
             val_loss, val_acc = evaluate(model, Xv, yv, d, cfg.precision, cfg.channels_last)
             if not math.isfinite(val_loss):
