@@ -5,6 +5,7 @@ train.distributed.nproc_per_node=N (one process per GPU, NCCL).
 
     python benchmarks/bench_gpu.py [--n 50000] [--epochs 3] [--batch 256] [--channels-last]
         [--precisions fp32,bf16,fp16] [--loader-workers N] [--compile]
+        [--cudnn deterministic,benchmark]
 
 Figures (one H100, 2026-11-22) in BENCHMARKS.md, raw lines in benchmarks/results/."""
 from __future__ import annotations
@@ -66,17 +67,18 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--loader-workers", type=int, default=0)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--cudnn", default="deterministic", help="comma list: deterministic (train.deterministic true, the "
+                   "default) | benchmark (false: cuDNN autotunes, may differ run to run)")
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA device")
-    torch.backends.cudnn.benchmark = True
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, a.n).astype(np.int64)
     X = (rng.standard_normal((a.n, 3, 32, 32), dtype=np.float32) * 0.5 + y[:, None, None, None] * 0.05).astype(np.float32)
     Xv, yv = X[:2048], y[:2048]
-    for prec in a.precisions.split(","):
+    for mode, prec in [(m, p) for m in a.cudnn.split(",") for p in a.precisions.split(",")]:
         cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch, lr=2e-3, patience=1000, precision=prec,
-                          channels_last=a.channels_last, checkpoint_every=0,
+                          channels_last=a.channels_last, checkpoint_every=0, deterministic=mode == "deterministic",
                           loader_workers=a.loader_workers, compile=a.compile)
         torch.manual_seed(0)
         model = ResNetish()
@@ -87,7 +89,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         steady = hist.train_seconds[1:] or hist.train_seconds  # epoch 1 includes cudnn autotuning
         print(json.dumps({"bench": "gpu", "device": torch.cuda.get_device_name(), "precision": prec,
-                          "channels_last": a.channels_last,
+                          "cudnn": mode, "channels_last": a.channels_last,
                           "loader_workers": a.loader_workers, "compile": a.compile, "torch": torch.__version__, "n": a.n, "batch": a.batch, "epochs": a.epochs,
                           "samples_s_steady": a.n / (sum(steady) / len(steady)),
                           "samples_s_per_epoch": [round(a.n / t) for t in hist.train_seconds], "wall_s": wall,

@@ -88,6 +88,9 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(1, ge=0, le=10_000)  # epochs between checkpoints; 0 = off (no resume)
     keep_checkpoints: int = Field(2, ge=1, le=100)  # newest K checkpoint files kept
     loader_workers: int = Field(0, ge=0, le=64)  # DataLoader worker processes per rank; 0 = read in the trainer
+    # CUDA: cuDNN's deterministic convolution algorithms, so the same seed gives the same weights on a GPU
+    # as it does on the CPU; false lets cuDNN pick the fastest (benchmark mode), which may differ run to run
+    deterministic: bool = True
     distributed: DistributedConfig = DistributedConfig()
 
 

@@ -215,7 +215,8 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
     """See train.fit. checkpoint_dir: save every cfg.checkpoint_every epochs and resume from the
     newest good checkpoint whose resume_key matches. on_epoch(epoch, row) runs on every rank after
     each epoch (raise from it to stop, e.g. an Optuna pruner). loss_fn(logits, xb, yb) -> loss
-    replaces the cross-entropy on the labels (e.g. compress.distill_loss)."""
+    replaces the cross-entropy on the labels (e.g. compress.distill_loss). The model trains on the
+    rank's device (a GPU when there is one) and is handed back on the device it came on."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from components.train import History, _scheduler, seed_everything
@@ -226,6 +227,9 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
     X, Xv = stream.as_view(X_train), stream.as_view(X_val)
     y, yv = np.asarray(y_train, dtype=np.int64), np.asarray(y_val, dtype=np.int64)
     stream.fit_norm(model, X)  # every rank fits the same statistics on the full training set
+    home = next(model.parameters()).device
+    if d.device.type == "cuda":  # seeded runs repeat bit for bit only with deterministic convolutions
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cfg.deterministic, not cfg.deterministic
     model.to(d.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -279,4 +283,5 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
                     _save(writer, ckpt, resume_key, cfg.keep_checkpoints, st, model, opt, sched, scaler, rngs)
     if st.best_state is not None:
         model.load_state_dict(st.best_state)
+    model.to(home)
     return hist

@@ -88,7 +88,8 @@ def fit(
     progress: bool = True,
     **engine,
 ) -> History:
-    """Train in place; on return the model holds the weights of the best validation epoch.
+    """Train in place; on return the model holds the weights cfg.keep picks (the final epoch's, or
+    the lowest validation loss's), on the device it was given on (it trains on a GPU when there is one).
 
     X_* may be arrays, memmaps (streamed batch by batch) or stream.Rows views. Optional engine
     keywords (components/engine.py): dist (a DDP rank), checkpoint_dir + resume_key (atomic

@@ -30,7 +30,7 @@ from components.errors import MlpipeError
 from components.fileio import atomic_file, write_json
 
 # settings that change how a run executes, not what it computes: a change keeps the checkpoints
-OPERATIONAL = ("checkpoint_every", "keep_checkpoints", "loader_workers", "num_threads", "compile")
+OPERATIONAL = ("checkpoint_every", "keep_checkpoints", "loader_workers", "num_threads", "compile", "deterministic")
 
 
 def checkpoint_dir(root: Path) -> Path:
@@ -68,7 +68,6 @@ def train_model(cfg: Config, root: Path, d: distributed.Dist, log=None, progress
                      cfg.seed, augment=aug, log=log, progress=progress, dist=d, checkpoint_dir=checkpoint_dir(root),
                      resume_key=resume_key(cfg, m.content_hash, spec, d.world))
     if d.is_main:
-        model.cpu()
         models.save(model, spec, m.classes, root / "models" / "model.pt")
         write_json(root / "models" / "history.json", {"data_hash": m.content_hash, **hist.to_dict()})
     return hist, model, spec

@@ -192,9 +192,12 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @needs_cuda
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_on_cuda_trains_like_fp32(precision):
-    h_mixed, m = run(cfg=CFG.model_copy(update={"precision": precision}))
+    X, y = blobs()
+    m, seen = mlp(), set()
+    h_mixed = train.fit(m, X[:200], y[:200], X[200:], y[200:], CFG.model_copy(update={"precision": precision}), 0,
+                        progress=False, on_epoch=lambda e, row: seen.add(next(m.parameters()).device.type))
     h32, _ = run()
-    assert next(m.parameters()).device.type == "cuda"
+    assert seen == {"cuda"} and next(m.parameters()).device.type == "cpu"  # trained on the GPU, handed back where it came from
     assert abs(h_mixed.epochs[-1]["val_accuracy"] - h32.epochs[-1]["val_accuracy"]) <= 0.05
 
 
@@ -223,7 +226,7 @@ def test_keep_decides_the_final_weights_and_early_stopping(keep):
     m, per_epoch = mlp(), {}
     cfg = CFG.model_copy(update={"epochs": 12, "patience": 2, "keep": keep})
     hist = train.fit(m, X[:200], y[:200], X[200:], y_val, cfg, 0, progress=False,
-                     on_epoch=lambda e, row: per_epoch.__setitem__(e, {k: v.clone() for k, v in m.state_dict().items()}))
+                     on_epoch=lambda e, row: per_epoch.__setitem__(e, {k: v.cpu().clone() for k, v in m.state_dict().items()}))
     losses = [row["val_loss"] for row in hist.epochs]
     if keep == "last":  # the whole schedule, the final epoch's weights
         assert len(hist.epochs) == 12 and not hist.stopped_early and hist.best_epoch == 12

@@ -152,6 +152,25 @@ def test_distilled_student_is_shallower_and_starts_from_the_kept_channels():
     assert measure.count_macs(student, (1, 8, 8)) < measure.count_macs(small, (1, 8, 8))
 
 
+def test_every_variant_is_built_through_the_real_fine_tuner_and_handed_back_on_the_cpu(tmp_path):
+    """The compress stage's variant step on a tiny CNN. On a CUDA machine the fine-tunes train on the
+    GPU; every variant must still come back on the CPU, where it is counted, saved and measured."""
+    X, y = blobs(shape=(1, 8, 8))
+    m = trained(CNN_SPEC, X, y)
+    cfg = CompressConfig(variants=["pruned", "structured", "distilled", "int8"], prune_steps=1, step_epochs=1,
+                         structured_epochs=1, student_epochs=1, calibration_samples=32)
+    fit = compress.fine_tuner(X, y, X[:30], y[:30], 0, None, cfg)
+    made = compress.build_variants(m, CNN_SPEC, ["a", "b", "c"], X[:32], cfg, fit, TrainConfig(batch_size=32), tmp_path)
+    assert [v["variant"] for v in made] == list(cfg.variants)
+    for v in made:
+        assert v["file"].exists() and v["macs"] > 0
+        if v["model"] is not None:
+            assert {p.device.type for p in v["model"].parameters()} == {"cpu"}, v["variant"]
+            loaded, _, _ = compress.load_model_file(v["file"])
+            assert loaded(torch.as_tensor(X[:4])).shape == (4, 3)
+    assert {p.device.type for p in m.parameters()} == {"cpu"}  # the fp32 teacher too
+
+
 def test_count_macs_by_hand():
     conv = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 5, 7))
     assert measure.count_macs(conv, (2, 5, 5)) == 4 * 5 * 5 * 2 * 3 * 3 + 100 * 7

@@ -232,6 +232,10 @@ WORKER = textwrap.dedent("""
     cfg = load_config(None, sets)
     from pathlib import Path
     study = tune.open_study(cfg, "parallel", tune.make_storage(cfg, Path(root)), worker)
+    (Path(root) / f"ready-{worker}").touch()  # both start together: on a fast machine one could finish all 12 first
+    deadline = time.monotonic() + 60
+    while not all((Path(root) / f"ready-{i}").exists() for i in (0, 1)) and time.monotonic() < deadline:
+        time.sleep(0.01)
     def objective(t):
         time.sleep(0.05)
         return t.suggest_float("x", 0, 1)

@@ -45,11 +45,17 @@ def test_invariant_to_one_pixel_shift(trained):
     assert same >= 0.85
 
 
-def test_blank_input_is_less_confident(trained):
+def test_ambiguous_input_is_less_confident(trained):
+    """Two test digits of different classes averaged into one image: the model should hesitate.
+    (An all-zero image was the earlier probe: how confident a model is on such an out-of-distribution
+    input is arbitrary, 0.37-0.99 by seed and device.) Seeds 0-2 on the CPU: 0.98-0.99 on the real
+    digits, 0.78-0.80 on the blends."""
     model, ds, _ = trained
-    real = proba(model, ds.X_test).max(1).mean()
-    blank = proba(model, np.zeros_like(ds.X_test[:20])).max(1).mean()
-    assert blank < real
+    X, y = ds.X_test, ds.y_test
+    other = np.random.default_rng(0).permutation(len(X))
+    keep = y[other] != y
+    blend = 0.5 * (X[keep] + X[other][keep])
+    assert proba(model, blend).max(1).mean() < proba(model, X).max(1).mean() - 0.1
 
 
 def test_same_seed_same_weights():
