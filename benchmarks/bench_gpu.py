@@ -7,7 +7,7 @@ train.distributed.nproc_per_node=N (one process per GPU, NCCL).
         [--precisions fp32,bf16,fp16] [--loader-workers N] [--compile]
         [--cudnn deterministic,benchmark]
 
-Figures (one H100, 2026-11-22) in BENCHMARKS.md, raw lines in benchmarks/results/."""
+Figures (one H100, 2026-11-22 and 2026-11-23) in BENCHMARKS.md, raw lines in benchmarks/results/."""
 from __future__ import annotations
 
 import argparse
