@@ -151,8 +151,8 @@ class TuneConfig(_Section):
     depth: tuple[int, int] = (1, 3)  # cnn: conv blocks; mlp: hidden layers
     dropout: tuple[float, float] = (0.0, 0.5)
     aug_strength: tuple[float, float] = (0.0, 2.0)  # multiplies the augment section's magnitudes (shift, rotation, noise)
-    # 30+: on digits, 5-fold CV of a 1-block CNN rose from 0.9926 (30 epochs) to 0.9944 (40) and 0.9950 (50), and the
-    # default runs' champions from 0.9916 ([15, 50]) to 0.9937 in three runs (BENCHMARKS.md, issue 3)
+    # longer schedules cross-validate better on digits: a 1-block CNN 0.9926 / 0.9944 / 0.9950 at 30 / 40 / 50 epochs;
+    # the default run's champion 0.9916 with [15, 50], 0.9937 in three runs with [30, 60] (BENCHMARKS.md, issue 3)
     epochs: tuple[int, int] = (30, 60)
 
     @field_validator("lr", "weight_decay", "dropout", "aug_strength", "epochs", "depth")
