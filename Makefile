@@ -11,6 +11,8 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
 # torch first, with the venv's own pip: it takes the CPU wheel on disk (a newer pip, uv or
 # poetry would download a multi-GB CUDA build). Do not upgrade pip in the venv.
+# Keep pip's byte-compilation: these machines set PYTHONDONTWRITEBYTECODE=1, so with --no-compile every process
+# compiles torch/MLflow/Prefect from source (set-up 226 -> 106 s, but make test 7:30 -> 14:54; BENCHMARKS.md).
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
