@@ -58,7 +58,7 @@ def _batches(n: int, batch_size: int, g: torch.Generator | None):
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
-    """Logits for X, on the CPU; the batches run wherever the model is (a GPU after training there)."""
+    """Logits for X, on the CPU; the batches run wherever the caller put the model (a GPU, say)."""
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device  # no parameters (an ONNX Runtime wrapper): CPU
     x = torch.as_tensor(np.asarray(X, dtype=np.float32))
