@@ -1,13 +1,14 @@
 """Training-engine benchmarks (issue 4). CPU only; prints one JSON line per measurement.
 
-    .venv/bin/python benchmarks/bench_train.py overhead [--repeats 3] [--epochs 5]
+    .venv/bin/python benchmarks/bench_train.py overhead [--repeats 3] [--epochs 5] [--val-every 1]
     .venv/bin/python benchmarks/bench_train.py memmap [--gb 4]
     .venv/bin/python benchmarks/bench_train.py ddp [--epochs 20]
     .venv/bin/python benchmarks/bench_train.py omp-wait [--repeats 2] [--epochs 15]
 
 overhead: the train stage's compute (flows/train_worker.train_model: memmap streaming, validation
-  every epoch, atomic checkpoints, model + history files) against benchmarks/bare_loop.py, same
-  model, data, batch size, epochs, threads; runs interleaved; throughput = training samples/s.
+  every --val-every epochs, atomic checkpoints, model + history files) against benchmarks/bare_loop.py
+  (fused AdamW, as the engine), same model, data, batch size, epochs, threads; runs interleaved;
+  throughput = training samples/s. Also times the bare loop with torch's default AdamW.
 memmap: one epoch over a synthetic float32 dataset of --gb GB written under /tmp (deleted after),
   in a fresh process; reports its peak RSS.
 ddp: the train stage on digits with 1 rank x 2 threads and 2 ranks x 1 thread (gloo, elastic
@@ -46,7 +47,7 @@ def _prepared_digits(root: Path) -> None:
     data.save_prepared(data.ingest(cfg.data, cfg.seed), root / "data" / "prepared")
 
 
-def overhead(repeats: int, epochs: int, threads: int) -> None:
+def overhead(repeats: int, epochs: int, threads: int, val_every: int) -> None:
     import torch
 
     from bare_loop import bare_train
@@ -58,12 +59,12 @@ def overhead(repeats: int, epochs: int, threads: int) -> None:
     try:
         _prepared_digits(root)
         cfg = load_config(None, [f"train.epochs={epochs}", "augment.enabled=false", "train.patience=1000",
-                                 f"train.num_threads={threads}"])
+                                 f"train.num_threads={threads}", f"train.val_every={val_every}"])
         torch.set_num_threads(threads)
         ds = data.load_prepared(root / "data" / "prepared")
         tr, _ = train.val_split(ds.y_train, cfg.data.val_size, cfg.seed)
         spec = models.model_args(cfg.model, ds.meta.feature_shape, ds.meta.n_classes, ds.meta.kind)
-        stage, bare, stage_cpu, bare_cpu, steps_only = [], [], [], [], []
+        stage, bare, stage_cpu, bare_cpu, steps_only, unfused = [], [], [], [], [], []
         samples = len(tr) * epochs
 
         def run_stage():
@@ -73,27 +74,34 @@ def overhead(repeats: int, epochs: int, threads: int) -> None:
             steps_only.append(samples / sum(hist.train_seconds))
             return samples / (time.perf_counter() - w), samples / (time.process_time() - c)
 
-        def run_bare():
+        def run_bare(fused=True):
             train.seed_everything(cfg.seed)
             c = time.process_time()
-            b = bare_train(models.build(spec), ds.X_train[tr], ds.y_train[tr], epochs, cfg.train.batch_size, cfg.train.lr, cfg.seed)
+            b = bare_train(models.build(spec), ds.X_train[tr], ds.y_train[tr], epochs, cfg.train.batch_size, cfg.train.lr,
+                           cfg.seed, fused)
             return b, samples / (time.process_time() - c)
 
-        run_stage(), run_bare()  # warm-up: imports, allocator, first-step dispatch
+        run_stage(), run_bare(), run_bare(False)  # warm-up: imports, allocator, first-step dispatch
         steps_only.clear()
         for i in range(repeats):  # interleaved, alternating order, so drifting load hits both alike
             pair = (run_stage(), run_bare()) if i % 2 == 0 else tuple(reversed((run_bare(), run_stage())))
             (sw, sc), (bw, bc) = pair
             stage.append(sw), stage_cpu.append(sc), bare.append(bw), bare_cpu.append(bc)
+            unfused.append(run_bare(False)[0])
         wall_ratios = [a / b for a, b in zip(stage, bare)]
         cpu_ratios = [a / b for a, b in zip(stage_cpu, bare_cpu)]
         print(json.dumps({"bench": "overhead", "epochs": epochs, "repeats": repeats, "threads": threads, "n_train": int(len(tr)),
-                          "note": "stage = the whole train_model call (validation each epoch, checkpoints, model file)",
+                          "val_every": val_every,
+                          "note": "stage = the whole train_model call (validation every val_every epochs and the last, "
+                                  "checkpoints, model file); bare = fused AdamW, as the engine",
                           "stage_samples_s_wall": stage, "bare_samples_s_wall": bare, "ratio_wall": wall_ratios,
                           "ratio_wall_median": statistics.median(wall_ratios), "ratio_cpu_time": cpu_ratios,
                           "ratio_cpu_time_median": statistics.median(cpu_ratios),
                           "ratio_cpu_time_min_max": [min(cpu_ratios), max(cpu_ratios)],
-                          "ratio_train_steps_only_wall": [a / b for a, b in zip(steps_only, bare)], "loadavg": loadavg()}))
+                          "ratio_train_steps_only_wall": [a / b for a, b in zip(steps_only, bare)],
+                          "bare_default_adamw_samples_s_wall": unfused,
+                          "fused_over_default_adamw_median": statistics.median(a / b for a, b in zip(bare, unfused)),
+                          "loadavg": loadavg()}))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -242,7 +250,8 @@ if __name__ == "__main__":
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--gb", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--val-every", type=int, default=1, help="overhead: train.val_every of the stage")
     a = p.parse_args()
-    {"overhead": lambda: overhead(a.repeats, a.epochs, a.threads), "memmap": lambda: memmap(a.gb),
+    {"overhead": lambda: overhead(a.repeats, a.epochs, a.threads, a.val_every), "memmap": lambda: memmap(a.gb),
      "memmap-child": lambda: memmap_child(a.root), "ddp": lambda: ddp(a.epochs),
      "omp-wait": lambda: omp_wait(a.repeats, a.epochs), "omp-child": lambda: omp_child(a.epochs)}[a.what]()

@@ -80,7 +80,8 @@ class TrainConfig(_Section):
     # stopping); best = the epoch with the lowest validation loss (early stopping after `patience` epochs
     # without improvement). last scored ~0.3 points higher in 5-fold CV on digits (BENCHMARKS.md, issue 3)
     keep: Literal["last", "best"] = "last"
-    patience: int = Field(10, ge=1)  # keep: best: epochs without val-loss improvement before stopping
+    patience: int = Field(10, ge=1)  # keep: best: validations without val-loss improvement before stopping
+    val_every: int = Field(1, ge=1, le=10_000)  # epochs between validation passes; the last epoch always validates
     num_threads: int = Field(0, ge=0)  # torch CPU threads per rank; 0 = all cores / ranks on this node
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16: autocast (CPU, GPU); fp16: autocast + grad scaler, CUDA only
     compile: bool = False  # torch.compile the model (first epoch pays the compile: ~10+ s on CPU)

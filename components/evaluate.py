@@ -59,12 +59,13 @@ def plot_history(epochs: list[dict], path) -> None:
     import matplotlib.pyplot as plt
 
     x = range(1, len(epochs) + 1)
+    xv = [i for i, e in zip(x, epochs) if "val_loss" in e]  # validated epochs (train.val_every)
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     a.plot(x, [e["train_loss"] for e in epochs], label="train")
-    a.plot(x, [e["val_loss"] for e in epochs], label="validation")
+    a.plot(xv, [epochs[i - 1]["val_loss"] for i in xv], marker=".", label="validation")
     a.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
     a.legend()
-    b.plot(x, [e["val_accuracy"] for e in epochs])
+    b.plot(xv, [epochs[i - 1]["val_accuracy"] for i in xv], marker=".")
     b.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

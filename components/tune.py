@@ -286,7 +286,7 @@ def objective(trial: optuna.Trial, cfg: Config, data: TrialData, log: train.LogF
     spec0 = models.model_args(cfg.model, data.feature_shape, len(data.classes), data.kind)
     overrides = search_space(trial, cfg, spec0["arch"])
     trial.set_user_attr("overrides", overrides)
-    tcfg = apply_overrides(cfg, overrides)
+    tcfg = apply_overrides(cfg, {**overrides, "train.val_every": 1})  # a trial reports every epoch (pruning)
     spec = models.model_args(tcfg.model, data.feature_shape, len(data.classes), data.kind)
     report = _reporter(trial, cfg, log)
     try:

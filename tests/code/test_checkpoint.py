@@ -235,3 +235,36 @@ def test_keep_decides_the_final_weights_and_early_stopping(keep):
         assert hist.best_epoch == 1 + int(np.argmin(losses))
     want = per_epoch[hist.best_epoch]
     assert all(torch.equal(v, want[k]) for k, v in m.state_dict().items())
+
+
+def test_val_every_validates_on_its_epochs_and_the_last_and_leaves_the_weights_alone():
+    """Validation is a read-only pass: skipping it changes no weight; keep: best chooses among the
+    validated epochs only and counts patience in validations."""
+    X, y = blobs()
+    every, every_3 = run(cfg=CFG.model_copy(update={"epochs": 7})), run(cfg=CFG.model_copy(update={"epochs": 7, "val_every": 3}))
+    assert [e for e, row in enumerate(every_3[0].epochs, 1) if "val_loss" in row] == [3, 6, 7]
+    assert all(set(row) == {"train_loss", "lr"} for e, row in enumerate(every_3[0].epochs, 1) if e not in (3, 6, 7))
+    assert same_weights(every[1], every_3[1])
+    assert every_3[0].epochs[-1]["val_accuracy"] == every[0].epochs[-1]["val_accuracy"]
+
+    y_val = (y[200:] + 1) % 3  # contradicting labels: the validation loss rises as the model learns
+    m = mlp()
+    cfg = CFG.model_copy(update={"epochs": 20, "patience": 2, "keep": "best", "val_every": 2})
+    hist = train.fit(m, X[:200], y[:200], X[200:], y_val, cfg, 0, progress=False)
+    assert hist.best_epoch % 2 == 0 and hist.stopped_early
+    assert len(hist.epochs) == hist.best_epoch + 2 * 2  # two validations without improvement, 2 epochs apart
+
+
+def test_a_tuning_trial_validates_every_epoch_whatever_train_val_every_says():
+    from components import tune
+
+    cfg = tune.apply_overrides(load_config(None), {"train.val_every": 5, "train.epochs": 4})
+    assert cfg.train.val_every == 5
+    seen = []
+    import optuna
+
+    study = optuna.create_study()
+    data = tune.TrialData(*blobs(), kind="tabular", value_range=None, classes=["a", "b", "c"], feature_shape=[6])
+    cfg = tune.apply_overrides(cfg, {"tune.epochs": [2, 2], "tune.pruner": "none", "model.kind": "mlp"})
+    study.optimize(lambda t: tune.objective(t, cfg, data, log=lambda row, e: seen.append(sorted(row))), n_trials=1)
+    assert seen == [["lr", "train_loss", "val_accuracy", "val_loss"]] * 2
