@@ -122,16 +122,13 @@ def summarize(root: Path, log: bool) -> dict:
             "model_hash": data.content_hash(*[p.detach().numpy() for p in model.state_dict().values()])}
 
 
-def _rank0_logger(cfg: Config, root: Path, run_id: str | None):
-    """Rank 0's MLflow: metrics go to the stage run the launcher opened (run_id)."""
+def _rank0_train(cfg: Config, root: Path, d: distributed.Dist, run_id: str) -> None:
+    """Rank 0 under the launcher: metrics go to the stage run the launcher opened (run_id)."""
     from components import tracking
 
     tracking.setup(cfg.tracking, root)
-
-    def log(metrics: dict, step: int) -> None:
-        tracking.log_metrics(metrics, step=step, run_id=run_id)
-
-    return log
+    train_model(cfg, root, d, tracking.metric_logger(run_id=run_id), progress=True)
+    tracking.flush()
 
 
 def _standalone(cfg: Config, root: Path, d: distributed.Dist) -> None:
@@ -167,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(a.params, a.set)
         d = distributed.init(cfg.train.distributed.timeout)
         train.set_threads(distributed.threads_per_rank(cfg.train.num_threads, d.local_world))
-        if a.run_id:
-            train_model(cfg, root, d, _rank0_logger(cfg, root, a.run_id) if d.is_main else None, progress=d.is_main)
+        if a.run_id and d.is_main:
+            _rank0_train(cfg, root, d, a.run_id)
+        elif a.run_id:
+            train_model(cfg, root, d, None, progress=False)
         else:
             _standalone(cfg, root, d)
     except MlpipeError as e:  # the same on every rank (metrics and decisions are all-reduced)
