@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_train.py overhead [--repeats 3] [--epochs 5] [--val-every 1]
     .venv/bin/python benchmarks/bench_train.py memmap [--gb 4]
-    .venv/bin/python benchmarks/bench_train.py ddp [--epochs 20]
+    .venv/bin/python benchmarks/bench_train.py ddp [--epochs 20] [--seeds 0 1 2]
     .venv/bin/python benchmarks/bench_train.py omp-wait [--repeats 2] [--epochs 15]
 
 overhead: the train stage's compute (flows/train_worker.train_model: memmap streaming, validation
@@ -170,18 +170,19 @@ def memmap(gb: float) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def ddp(epochs: int) -> None:
+def ddp(epochs: int, seed: int = 0) -> None:
     import yaml
 
     root = Path(tempfile.mkdtemp(prefix="bench-ddp-"))
     results = {}
     try:
-        _prepared_digits(root / "one")
+        _prepared_digits(root / "one")  # the seed-0 80/20 split; `seed` seeds training (init, batches, val split)
         for name, ranks, threads in (("1x2", 1, 2), ("2x1", 2, 1)):
             proj = root / name
             if name != "one" and not (proj / "data").exists():
                 shutil.copytree(root / "one" / "data", proj / "data")
             params = yaml.safe_load((REPO / "params.yaml").read_text())
+            params["seed"] = seed
             params["train"].update(epochs=epochs, patience=1000, num_threads=threads)
             params["train"]["distributed"]["nproc_per_node"] = ranks
             (proj / "params.yaml").write_text(yaml.safe_dump(params))
@@ -192,7 +193,7 @@ def ddp(epochs: int) -> None:
             if r.returncode:
                 raise SystemExit(r.stdout + r.stderr)
             results[name] = _score(proj)
-        print(json.dumps({"bench": "ddp", "epochs": epochs, **results,
+        print(json.dumps({"bench": "ddp", "epochs": epochs, "seed": seed, **results,
                           "accuracy_gap_pt": 100 * (results["2x1"]["test_accuracy"] - results["1x2"]["test_accuracy"]),
                           "throughput_2x1_over_1x2": results["2x1"]["samples_s"] / results["1x2"]["samples_s"],
                           "loadavg": loadavg()}))
@@ -249,9 +250,10 @@ if __name__ == "__main__":
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--gb", type=float, default=4.0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="ddp: one comparison per training seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--val-every", type=int, default=1, help="overhead: train.val_every of the stage")
     a = p.parse_args()
     {"overhead": lambda: overhead(a.repeats, a.epochs, a.threads, a.val_every), "memmap": lambda: memmap(a.gb),
-     "memmap-child": lambda: memmap_child(a.root), "ddp": lambda: ddp(a.epochs),
+     "memmap-child": lambda: memmap_child(a.root), "ddp": lambda: [ddp(a.epochs, s) for s in a.seeds],
      "omp-wait": lambda: omp_wait(a.repeats, a.epochs), "omp-child": lambda: omp_child(a.epochs)}[a.what]()
