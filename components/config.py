@@ -77,8 +77,8 @@ class TrainConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
     # which weights a run ends with: last = the final epoch's (the lr schedule runs to its end, no early
-    # stopping); best = the epoch with the lowest validation loss (early stopping after `patience` epochs
-    # without improvement). last scored ~0.3 points higher in 5-fold CV on digits (BENCHMARKS.md, issue 3)
+    # stopping); best = the validated epoch with the lowest validation loss (early stopping after `patience`
+    # validations without improvement). last scored ~0.3 points higher in 5-fold CV on digits (BENCHMARKS.md, issue 3)
     keep: Literal["last", "best"] = "last"
     patience: int = Field(10, ge=1)  # keep: best: validations without val-loss improvement before stopping
     val_every: int = Field(1, ge=1, le=10_000)  # epochs between validation passes; the last epoch always validates

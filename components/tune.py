@@ -28,7 +28,9 @@ FORMAT = "mlpipe.best_params/1"
 # config keys that do not change what a trial computes: they stay out of the study name
 _NOT_IN_NAME = ("enabled", "n_trials", "n_workers", "storage", "heartbeat_s")
 # keys the search space sets (or that do not change results): their values in params.yaml do not matter
-_SEARCHED = {"train": ("lr", "weight_decay", "batch_size", "epochs", "num_threads"), "model": ("dropout", "channels", "hidden")}
+# (val_every: a trial validates every epoch whatever it says, see objective)
+_SEARCHED = {"train": ("lr", "weight_decay", "batch_size", "epochs", "num_threads", "val_every"),
+             "model": ("dropout", "channels", "hidden")}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

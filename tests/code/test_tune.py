@@ -82,6 +82,7 @@ def test_study_name_follows_data_and_search_space_not_budget():
     assert tune.study_name(load_config(None, ["tune.n_trials=99", "tune.n_workers=1"]), "abc", "digits") == name
     assert tune.study_name(load_config(None, ["train.epochs=3", "train.lr=0.1"]), "abc", "digits") == name  # searched
     assert tune.study_name(load_config(None, ["train.patience=3"]), "abc", "digits") != name
+    assert tune.study_name(load_config(None, ["train.val_every=5"]), "abc", "digits") == name  # trials validate every epoch
     assert tune.study_name(base, "abd", "digits") != name
     assert tune.study_name(load_config(None, ["tune.lr=[0.001,0.002]"]), "abc", "digits") != name
 
