@@ -132,9 +132,11 @@ def metric_logger(prefix: str = "", run_id: str | None = None):
 
 
 def flush() -> None:
-    """Wait for every queued metric_logger write; raise the first that failed."""
+    """Send every queued metric_logger write now and wait for it; raise the first that failed."""
     ops = list(_pending)
     _pending.clear()
+    if ops:
+        mlflow.flush_async_logging()  # the queue may be holding them (MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS)
     for op in ops:
         op.wait()
 
