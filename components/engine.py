@@ -166,7 +166,7 @@ def _diverged(value, epoch: int, step: int | None, cfg: TrainConfig) -> Training
 
 def adamw(params, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with torch's fused kernel on CPU and CUDA (one kernel for all parameters instead of
-    several small ops per tensor: ~5-8% faster training steps for the default CNN on CPU)."""
+    several small ops per tensor: 4-9% faster training steps for the default CNN on CPU, BENCHMARKS.md)."""
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
 
 
