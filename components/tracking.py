@@ -118,9 +118,9 @@ _pending: list = []  # metric_logger writes queued on MLflow's async logging thr
 
 def metric_logger(prefix: str = "", run_id: str | None = None):
     """A (metrics, step) callback for compute code, logging to run_id (default: the run active now).
-    Writes go through MLflow's async logging queue, which merges what is queued into batches on its
-    own thread, so training does not wait for the store every epoch (a SQLite commit: ~3.5 ms; a
-    tracking server: a round trip). stage_run's end, or flush(), waits for them."""
+    Writes go through MLflow's async logging queue and are sent on its threads, so training does not
+    wait for the store every epoch (a SQLite commit: ~3.5 ms; a tracking server: a round trip).
+    stage_run's end, or flush(), waits for them."""
     rid, client = run_id or mlflow.active_run().info.run_id, MlflowClient()
 
     def log(metrics: dict, step: int) -> None:

@@ -256,13 +256,13 @@ def test_val_every_validates_on_its_epochs_and_the_last_and_leaves_the_weights_a
 
 
 def test_a_tuning_trial_validates_every_epoch_whatever_train_val_every_says():
+    import optuna
+
     from components import tune
 
     cfg = tune.apply_overrides(load_config(None), {"train.val_every": 5, "train.epochs": 4})
     assert cfg.train.val_every == 5
     seen = []
-    import optuna
-
     study = optuna.create_study()
     data = tune.TrialData(*blobs(), kind="tabular", value_range=None, classes=["a", "b", "c"], feature_shape=[6])
     cfg = tune.apply_overrides(cfg, {"tune.epochs": [2, 2], "tune.pruner": "none", "model.kind": "mlp"})
