@@ -1,9 +1,10 @@
 """Training-engine benchmarks (issue 4). CPU only; prints one JSON line per measurement.
 
-    .venv/bin/python benchmarks/bench_train.py overhead [--repeats 3] [--epochs 5] [--val-every 1]
+    .venv/bin/python benchmarks/bench_train.py overhead [--repeats 3] [--epochs 5] [--val-every 1] [--set KEY=VALUE]
     .venv/bin/python benchmarks/bench_train.py memmap [--gb 4]
     .venv/bin/python benchmarks/bench_train.py ddp [--epochs 20] [--seeds 0 1 2]
     .venv/bin/python benchmarks/bench_train.py omp-wait [--repeats 2] [--epochs 15]
+    .venv/bin/python benchmarks/bench_train.py checkpoint-cost [--repeats 40] [--threads 1] [--normal-priority]
 
 overhead: the train stage's compute (flows/train_worker.train_model: memmap streaming, validation
   every --val-every epochs, atomic checkpoints, model + history files) against benchmarks/bare_loop.py
@@ -18,7 +19,12 @@ ddp: the train stage on digits with 1 rank x 2 threads and 2 ranks x 1 thread (g
   launcher): test accuracy and training throughput of each.
 omp-wait: the bare loop (default CNN, 2 torch threads, random 8x8 data) alone and as two processes
   at once, with OMP_WAIT_POLICY ACTIVE (spinning) and PASSIVE (sleeping): why `make test`, whose two
-  workers train at the same time, sets PASSIVE."""
+  workers train at the same time, sets PASSIVE.
+checkpoint-cost: what a per-epoch checkpoint costs the training thread, in one process: engine
+  epochs on digits (default CNN) alone and right after queueing a checkpoint on the background
+  writer (a snapshot on the training thread; serialized, hashed, written and fsynced on the writer
+  while the epoch trains), interleaved; the paired ratio of the two epoch times. --normal-priority: the writer
+  thread at the process's priority instead of the engine's background priority."""
 from __future__ import annotations
 
 import argparse
@@ -50,7 +56,7 @@ def _prepared_digits(root: Path) -> None:
     data.save_prepared(data.ingest(cfg.data, cfg.seed), root / "data" / "prepared")
 
 
-def overhead(repeats: int, epochs: int, threads: int, val_every: int) -> None:
+def overhead(repeats: int, epochs: int, threads: int, val_every: int, sets: list[str]) -> None:
     import torch
 
     from bare_loop import bare_train
@@ -62,7 +68,7 @@ def overhead(repeats: int, epochs: int, threads: int, val_every: int) -> None:
     try:
         _prepared_digits(root)
         cfg = load_config(None, [f"train.epochs={epochs}", "augment.enabled=false", "train.patience=1000",
-                                 f"train.num_threads={threads}", f"train.val_every={val_every}"])
+                                 f"train.num_threads={threads}", f"train.val_every={val_every}", *sets])
         torch.set_num_threads(threads)
         ds = data.load_prepared(root / "data" / "prepared")
         tr, va = train.val_split(ds.y_train, cfg.data.val_size, cfg.seed)
@@ -99,7 +105,7 @@ def overhead(repeats: int, epochs: int, threads: int, val_every: int) -> None:
             return {"median": statistics.median(ratios), "min_max": [min(ratios), max(ratios)], "all": ratios}
 
         print(json.dumps({"bench": "overhead", "epochs": epochs, "repeats": repeats, "threads": threads, "n_train": int(len(tr)),
-                          "n_val": int(len(va)), "val_every": val_every,
+                          "n_val": int(len(va)), "val_every": val_every, "set": sets,
                           "note": "stage = the whole train_model call (memmap streaming, validation every val_every epochs "
                                   "and the last, checkpoints, model file); bare = the same recipe in a bare loop "
                                   "(fused AdamW, one-cycle schedule, the same validation passes); steps loop = bare "
@@ -252,10 +258,63 @@ def omp_wait(repeats: int, epochs: int) -> None:
                 print(json.dumps({"bench": "omp-wait", **rows[-1], "loadavg": loadavg()}), flush=True)
 
 
+def checkpoint_cost(repeats: int, threads: int, background: bool) -> None:
+    import torch
+
+    from components import checkpoint, data, distributed, engine, models, stream, train
+    from components.config import load_config
+
+    torch.set_num_threads(threads)
+    cfg = load_config(None, ["augment.enabled=false"])
+    ds = data.ingest(cfg.data, cfg.seed)
+    tr, _ = train.val_split(ds.y_train, cfg.data.val_size, cfg.seed)
+    train.seed_everything(cfg.seed)
+    model = models.build(models.model_args(cfg.model, ds.meta.feature_shape, ds.meta.n_classes, ds.meta.kind))
+    X, y, d = stream.Rows(ds.X_train, tr), np.asarray(ds.y_train[tr], dtype=np.int64), distributed.single()
+    stream.fit_norm(model, X)
+    opt = engine.adamw(model.parameters(), cfg.train, d.device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    st = engine.LoopState(history=train.History(), epoch=20)
+    st.history.epochs = [{"train_loss": 0.1, "lr": 1e-3, "val_loss": 0.1, "val_accuracy": 0.9}] * 20
+    folder = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
+    alone, with_ckpt, submit = [], [], []
+    try:
+        with checkpoint.Writer(background) as writer:
+            def epoch():
+                engine._train_epoch(model, X, y, 1, cfg.train, cfg.seed, d, opt, None, None, None, g, engine.cross_entropy)
+
+            def checkpointed():
+                t = time.perf_counter()
+                engine._save(writer, folder, "bench", 2, st, model, opt, None, None, engine._gather_rng(g, d))
+                submit.append(time.perf_counter() - t)
+                epoch()
+
+            for f in (epoch, checkpointed):  # warm-up
+                f()
+                writer.wait()
+            for i in range(repeats):
+                for f, times in ((epoch, alone), (checkpointed, with_ckpt))[:: 1 if i % 2 == 0 else -1]:
+                    t = time.perf_counter()
+                    f()
+                    times.append(time.perf_counter() - t)
+                    writer.wait()  # the write of this epoch's checkpoint ends before the next timing
+        ratios = [c / a for a, c in zip(alone, with_ckpt)]
+        print(json.dumps({"bench": "checkpoint-cost", "threads": threads, "repeats": repeats,
+                          "writer_priority": "background" if background else "normal",
+                          "checkpoint_mb": max(p.stat().st_size for p in folder.iterdir()) / 1e6,
+                          "epoch_ms_median": 1e3 * statistics.median(alone),
+                          "submit_ms_median": 1e3 * statistics.median(submit),
+                          "epoch_with_checkpoint_over_alone": {"median": statistics.median(ratios),
+                                                                "min_max": [min(ratios), max(ratios)]},
+                          "loadavg": loadavg()}))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["overhead", "memmap", "memmap-child", "ddp", "omp-wait", "omp-child"])
+    p.add_argument("what", choices=["overhead", "memmap", "memmap-child", "ddp", "omp-wait", "omp-child", "checkpoint-cost"])
     p.add_argument("root", nargs="?")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=5)
@@ -263,7 +322,10 @@ if __name__ == "__main__":
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="ddp: one comparison per training seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--val-every", type=int, default=1, help="overhead: train.val_every of the stage")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="overhead: stage config override KEY=VALUE")
+    p.add_argument("--normal-priority", action="store_true", help="checkpoint-cost: writer thread at normal priority")
     a = p.parse_args()
-    {"overhead": lambda: overhead(a.repeats, a.epochs, a.threads, a.val_every), "memmap": lambda: memmap(a.gb),
+    {"overhead": lambda: overhead(a.repeats, a.epochs, a.threads, a.val_every, a.sets), "memmap": lambda: memmap(a.gb),
      "memmap-child": lambda: memmap_child(a.root), "ddp": lambda: [ddp(a.epochs, s) for s in a.seeds],
-     "omp-wait": lambda: omp_wait(a.repeats, a.epochs), "omp-child": lambda: omp_child(a.epochs)}[a.what]()
+     "omp-wait": lambda: omp_wait(a.repeats, a.epochs), "omp-child": lambda: omp_child(a.epochs),
+     "checkpoint-cost": lambda: checkpoint_cost(a.repeats, a.threads, not a.normal_priority)}[a.what]()

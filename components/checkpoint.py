@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import re
+import sys
+import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,15 +88,29 @@ def snapshot(obj):
     return obj
 
 
+def _background_priority() -> None:
+    """Nice 19 for the calling thread alone (Linux keeps a nice value per thread): when training
+    keeps every core busy, the scheduler runs the writer in the gaps instead of pre-empting an
+    intra-op thread (2 threads on 2 cores: a checkpointed epoch 1.7-3.6% slower than one without,
+    against 5.0-6.0% at normal priority; BENCHMARKS.md, issue 4)."""
+    if sys.platform.startswith("linux"):  # elsewhere a thread id is not a valid setpriority target
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass
+
+
 class Writer:
     """Writes checkpoints on one background thread, so the next epoch trains while the last one is
     serialized, written and fsynced. submit() snapshots the state before it returns and first waits
     for the write before it, so at most one is in flight and files land in epoch order; a failed
     write is raised by the next submit() or by close(). Use as a context manager: leaving it waits
-    for the last write, also when training stopped with an error."""
+    for the last write, also when training stopped with an error. background: the thread runs at
+    background priority (_background_priority); False keeps the process's (for comparison)."""
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+    def __init__(self, background: bool = True) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer",
+                                        initializer=_background_priority if background else None)
         self._pending: Future | None = None
 
     def submit(self, folder: str | Path, epoch: int, state: dict, keep: int) -> None:

@@ -2,6 +2,10 @@
 sharding, precision checks. (DDP over real processes: tests/e2e/test_ddp.py.)"""
 from __future__ import annotations
 
+import os
+import sys
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -268,3 +272,18 @@ def test_a_tuning_trial_validates_every_epoch_whatever_train_val_every_says():
     cfg = tune.apply_overrides(cfg, {"tune.epochs": [2, 2], "tune.pruner": "none", "model.kind": "mlp"})
     study.optimize(lambda t: tune.objective(t, cfg, data, log=lambda row, e: seen.append(sorted(row))), n_trials=1)
     assert seen == [["lr", "train_loss", "val_accuracy", "val_loss"]] * 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_writer_thread_runs_at_background_priority_and_training_keeps_its_own():
+    def nice():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice()
+    for background, expected in ((True, 19), (False, before)):
+        writer = checkpoint.Writer(background)
+        try:
+            assert writer._pool.submit(nice).result() == expected
+        finally:
+            writer.close()
+    assert nice() == before  # the training thread (and the process) keep theirs
