@@ -4,7 +4,12 @@ A checkpoint is `epoch-0007.<sha256[:16]>.pt` in its folder: the digest of the f
 its name, so a torn or altered file is detected before torch parses it. Files are written with
 fileio.atomic_file (temp file in the same folder, flush, fsync, os.replace) and the newest K
 are kept. Loading uses `torch.load(weights_only=True)`: a file that needs a pickled object
-(a class, a function, a numpy array) is refused, never executed."""
+(a class, a function, a numpy array) is refused, never executed.
+
+Inside, the state's tensors are packed: one flat tensor per dtype holds their values, and an index
+gives each one's place and shape. torch.save spends ~35 us of CPU per tensor record, so the ~80
+tensors of a model and its AdamW moments took 3.5 ms as records, against ~1 ms packed
+(BENCHMARKS.md, issue 4)."""
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +29,9 @@ import torch
 from components.errors import MlpipeError
 from components.fileio import atomic_file
 
-FORMAT = "mlpipe.checkpoint/1"
+FORMAT = "mlpipe.checkpoint/2"  # tensors packed, one flat tensor per dtype
+UNPACKED = "mlpipe.checkpoint/1"  # earlier files: tensors stored one by one; still read
+_REF = "__mlpipe_tensor__"  # {_REF: i} stands for the i-th tensor of the index in a packed tree
 NAME = re.compile(r"^epoch-(\d{4,})\.([0-9a-f]{16})\.pt$")
 
 
@@ -64,11 +71,71 @@ def entries(folder: str | Path) -> list[Entry]:
     return [e for *_, e in sorted(found, key=lambda t: t[:2])]
 
 
-def save(folder: str | Path, epoch: int, state: dict, keep: int) -> Path:
-    """Write state as the checkpoint of `epoch`, then prune to the newest `keep` files."""
+_GO_ON = object()
+
+
+def _rebuild(obj, visit):
+    """A copy of a tree of dicts, lists and tuples in which every node visit() answers for (anything
+    but _GO_ON) is replaced by that answer."""
+    new = visit(obj)
+    if new is not _GO_ON:
+        return new
+    if isinstance(obj, dict):
+        return {k: _rebuild(v, visit) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_rebuild(v, visit) for v in obj)
+    return obj
+
+
+def pack(state: dict) -> dict:
+    """The state as a checkpoint stores it, and a copy training can't change under a writer: the
+    tree with each tensor replaced by {_REF: i}, the tensors' values concatenated into one flat
+    CPU tensor per (device, dtype), and an index of [buffer, offset, numel, shape] per tensor."""
+    tensors: list[torch.Tensor] = []
+
+    def strip(obj):
+        if not isinstance(obj, torch.Tensor):
+            return _GO_ON
+        tensors.append(obj.detach())
+        return {_REF: len(tensors) - 1}
+
+    tree = _rebuild(state, strip)
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    index: list = [None] * len(tensors)
+    buffers = []
+    for b, members in enumerate(groups.values()):
+        offset = 0
+        for i in members:
+            index[i] = [b, offset, tensors[i].numel(), list(tensors[i].shape)]
+            offset += tensors[i].numel()
+        buffers.append(torch.cat([tensors[i].reshape(-1) for i in members]).cpu())  # cat copies: a snapshot
+    return {"tree": tree, "tensors": index, "buffers": buffers}
+
+
+def _unpack(state: dict, path: Path) -> dict:
+    """A packed file's contents -> the state tree with its tensors (each its own copy)."""
+    def fill(obj):
+        is_ref = isinstance(obj, dict) and len(obj) == 1 and _REF in obj
+        return tensors[obj[_REF]] if is_ref else _GO_ON
+
+    try:
+        buffers, tensors = state["buffers"], []
+        for b, offset, n, shape in state["tensors"]:
+            values = buffers[b][offset : offset + n]
+            if offset < 0 or len(values) != n:
+                raise ValueError(f"values {offset}..{offset + n} lie outside their buffer of {len(buffers[b])}")
+            tensors.append(values.reshape(shape).clone())
+        return {**_rebuild(state["tree"], fill), "format": state["format"], "epoch": state["epoch"]}
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as e:
+        raise _Corrupt(f"{path}: checkpoint cannot be read ({type(e).__name__}: {e})") from None
+
+
+def _write(folder: str | Path, epoch: int, packed: dict, keep: int) -> Path:
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, "epoch": int(epoch), **state}, buf)
-    data = buf.getvalue()
+    torch.save({"format": FORMAT, "epoch": int(epoch), **packed}, buf)
+    data = buf.getbuffer()
     path = Path(folder) / f"epoch-{epoch:04d}.{_digest(data)}.pt"
     with atomic_file(path) as f:
         f.write(data)
@@ -76,16 +143,9 @@ def save(folder: str | Path, epoch: int, state: dict, keep: int) -> Path:
     return path
 
 
-def snapshot(obj):
-    """A copy of a state tree that training can't change under a writer: tensors cloned (to CPU),
-    dicts/lists/tuples copied, everything else (numbers, strings) shared."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: snapshot(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v) for v in obj)
-    return obj
+def save(folder: str | Path, epoch: int, state: dict, keep: int) -> Path:
+    """Write state as the checkpoint of `epoch`, then prune to the newest `keep` files."""
+    return _write(folder, epoch, pack(state), keep)
 
 
 def _background_priority() -> None:
@@ -102,7 +162,7 @@ def _background_priority() -> None:
 
 class Writer:
     """Writes checkpoints on one background thread, so the next epoch trains while the last one is
-    serialized, written and fsynced. submit() snapshots the state before it returns and first waits
+    serialized, written and fsynced. submit() packs (copies) the state before it returns and first waits
     for the write before it, so at most one is in flight and files land in epoch order; a failed
     write is raised by the next submit() or by close(). Use as a context manager: leaving it waits
     for the last write, also when training stopped with an error. background: the thread runs at
@@ -115,7 +175,7 @@ class Writer:
 
     def submit(self, folder: str | Path, epoch: int, state: dict, keep: int) -> None:
         self.wait()
-        self._pending = self._pool.submit(save, folder, epoch, snapshot(state), keep)
+        self._pending = self._pool.submit(_write, folder, epoch, pack(state), keep)
 
     def wait(self) -> Path | None:
         pending, self._pending = self._pending, None
@@ -175,9 +235,9 @@ def read(entry: Entry) -> dict:
         raise _Corrupt(f"{entry.path}: checkpoint cannot be read ({e})") from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise _Corrupt(f"{entry.path}: checkpoint cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, UNPACKED):
         raise _Corrupt(f"{entry.path}: not an mlpipe checkpoint (expected format {FORMAT})")
-    return state
+    return _unpack(state, entry.path) if state["format"] == FORMAT else state
 
 
 def load_latest(folder: str | Path, key: str | None = None) -> tuple[dict, Path] | None:

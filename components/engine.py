@@ -55,7 +55,10 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 def rng_state(g: torch.Generator, device: torch.device) -> dict:
     _, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "generator": g.get_state(), "python": random.getstate(),
+    version, words, py_gauss = random.getstate()
+    # python's 625 words as one tensor: as a tuple they were most of a checkpoint's pickled objects
+    state = {"torch": torch.get_rng_state(), "generator": g.get_state(),
+             "python": [version, torch.tensor(words, dtype=torch.int64), py_gauss],
              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
                        "gauss": float(gauss)}}
     if device.type == "cuda":
@@ -67,7 +70,8 @@ def set_rng_state(state: dict, g: torch.Generator, device: torch.device) -> None
     torch.set_rng_state(state["torch"])
     g.set_state(state["generator"])
     py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
+    words = py[1].tolist() if isinstance(py[1], torch.Tensor) else py[1]  # a tuple in mlpipe.checkpoint/1 files
+    random.setstate((py[0], tuple(words), py[2]))
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if device.type == "cuda" and "cuda" in state:

@@ -88,6 +88,58 @@ def test_flipped_byte_is_detected_even_when_torch_could_parse_it(tmp_path):
         assert checkpoint.load_latest(tmp_path) is None
 
 
+def test_tensors_are_packed_one_record_per_dtype_and_come_back_exactly(tmp_path):
+    import zipfile
+
+    state = {"w": torch.randn(3, 4), "b": torch.zeros(0), "step": torch.tensor(7.0), "mask": torch.tensor([True, False]),
+             "ids": torch.arange(5), "half": torch.randn(2, 2).to(torch.bfloat16), "t": (1, [torch.ones(2), "x"]),
+             "strided": torch.arange(12.0).reshape(3, 4).t(), "none": None}
+    p = checkpoint.save(tmp_path, 1, state, keep=3)
+    records = [n for n in zipfile.ZipFile(p).namelist() if "/data/" in n]
+    assert len(records) == 4  # float32, bool, int64 and bfloat16: one flat tensor each, not one per tensor
+    got, _ = checkpoint.load_latest(tmp_path)
+    for k in ("w", "b", "step", "mask", "ids", "half", "strided"):
+        assert got[k].dtype == state[k].dtype and got[k].shape == state[k].shape and torch.equal(got[k], state[k]), k
+    assert got["t"][0] == 1 and torch.equal(got["t"][1][0], torch.ones(2)) and got["t"][1][1] == "x" and got["none"] is None
+    assert got["w"].untyped_storage().nbytes() == got["w"].nbytes  # its own copy, not a view of the whole buffer
+
+
+def test_a_packed_file_with_a_bad_index_is_skipped_as_corrupt(tmp_path):
+    checkpoint.save(tmp_path, 1, {"w": torch.ones(2)}, keep=3)
+    packed = checkpoint.pack({"w": torch.ones(2)})
+    packed["tensors"][0][2] = 99  # more values than its buffer holds; the digest is valid
+    bad = checkpoint._write(tmp_path, 2, packed, keep=3)
+    with pytest.warns(checkpoint.CheckpointWarning, match=bad.name + ".*cannot be read"):
+        state, path = checkpoint.load_latest(tmp_path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(2))
+
+
+def test_an_unpacked_checkpoint_of_the_earlier_format_still_resumes(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(epoch, row):
+        if epoch == 3:
+            raise Stop
+
+    _, full = run()
+    folder = tmp_path / "ckpt"
+    with pytest.raises(Stop):  # then rewrite the checkpoint of epoch 2 the way format 1 stored it
+        run(tmp_path, on_epoch=stop_at_3)
+    latest = checkpoint.entries(folder)[-1]
+    state = checkpoint.read(latest)
+    state["format"] = checkpoint.UNPACKED
+    state["rng"][0]["python"][1] = tuple(state["rng"][0]["python"][1].tolist())  # format 1 kept python's words as ints
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    checkpoint.clear(folder)
+    (folder / f"epoch-0002.{checkpoint._digest(buf.getvalue())}.pt").write_bytes(buf.getvalue())
+    hist, resumed = run(tmp_path)
+    assert hist.resumed_from == 2 and same_weights(resumed, full)
+
+
 class Payload:
     def __reduce__(self):  # what a malicious checkpoint would carry
         return (print, ("code ran while loading",))
