@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_train.py ddp [--epochs 20] [--seeds 0 1 2]
     .venv/bin/python benchmarks/bench_train.py omp-wait [--repeats 2] [--epochs 15]
     .venv/bin/python benchmarks/bench_train.py checkpoint-cost [--repeats 40] [--threads 1] [--normal-priority]
+    .venv/bin/python benchmarks/bench_train.py checkpoint-parts [--repeats 200]
 
 overhead: the train stage's compute (flows/train_worker.train_model: memmap streaming, validation
   every --val-every epochs, atomic checkpoints, model + history files) against benchmarks/bare_loop.py
@@ -24,7 +25,12 @@ checkpoint-cost: what a per-epoch checkpoint costs the training thread, in one p
   epochs on digits (default CNN) alone and right after queueing a checkpoint on the background
   writer (a snapshot on the training thread; serialized, hashed, written and fsynced on the writer
   while the epoch trains), interleaved; the paired ratio of the two epoch times. --normal-priority: the writer
-  thread at the process's priority instead of the engine's background priority."""
+  thread at the process's priority instead of the engine's background priority.
+checkpoint-parts: the CPU time (this thread's) of each part of one checkpoint of the default CNN
+  after 20 epochs (model + AdamW moments + scheduler + RNG + history), as the engine builds it:
+  packing on the training thread, then torch.save, sha256, and the whole write (torch.save, sha256,
+  write, fsync, rename, directory fsync, prune) on the writer; and torch.save of the same state with
+  one record per tensor (checkpoint format 1), in the same run. Medians over --repeats."""
 from __future__ import annotations
 
 import argparse
@@ -311,10 +317,71 @@ def checkpoint_cost(repeats: int, threads: int, background: bool) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def checkpoint_parts(repeats: int) -> None:
+    import hashlib
+    import io
+
+    import torch
+
+    from components import checkpoint, distributed, engine, models, train
+    from components.config import load_config
+
+    torch.set_num_threads(1)
+    cfg = load_config(None)
+    train.seed_everything(cfg.seed)
+    model = models.build(models.model_args(cfg.model, [1, 8, 8], 10, "image"))
+    d, g = distributed.single(), torch.Generator().manual_seed(cfg.seed)
+    opt = engine.adamw(model.parameters(), cfg.train, d.device)
+    sched = train._scheduler(opt, cfg.train, 21)
+    torch.nn.functional.cross_entropy(model(torch.randn(64, 1, 8, 8)), torch.randint(0, 10, (64,))).backward()
+    opt.step(), sched.step()  # AdamW moments exist after the first step
+    st = engine.LoopState(history=train.History(), epoch=20)
+    st.history.epochs = [{"train_loss": 0.1, "lr": 1e-3, "val_loss": 0.1, "val_accuracy": 0.9}] * 20
+    st.history.train_seconds = [0.2] * 20
+
+    class Capture:  # stands in for checkpoint.Writer: keeps the state the engine hands it
+        def submit(self, folder, epoch, state, keep):
+            self.state = state
+
+    cap = Capture()
+    engine._save(cap, Path("."), "bench", 2, st, model, opt, sched, None, engine._gather_rng(g, d))
+    state = cap.state
+
+    def cpu_ms(f):
+        times = []
+        for _ in range(repeats):
+            t = time.thread_time()
+            f()
+            times.append(1e3 * (time.thread_time() - t))
+        return {"median": statistics.median(times), "min_max": [min(times), max(times)]}
+
+    def saved(obj) -> io.BytesIO:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return buf
+
+    packed = checkpoint.pack(state)
+    folder = Path(tempfile.mkdtemp(prefix="bench-ckpt-parts-", dir=REPO))  # the disk models/ lives on
+    try:
+        data = saved(packed).getvalue()
+        print(json.dumps({
+            "bench": "checkpoint-parts", "repeats": repeats, "tensors": len(packed["tensors"]),
+            "flat_tensors": len(packed["buffers"]), "file_bytes": len(data),
+            "pack_ms_training_thread": cpu_ms(lambda: checkpoint.pack(state)),
+            "torch_save_packed_ms": cpu_ms(lambda: saved(packed)),
+            "torch_save_one_record_per_tensor_ms": cpu_ms(lambda: saved(state)),
+            "sha256_ms": cpu_ms(lambda: hashlib.sha256(data)),
+            "whole_write_ms_writer_thread": cpu_ms(lambda: checkpoint._write(folder, 20, packed, 2)),
+            "loadavg": loadavg()}))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["overhead", "memmap", "memmap-child", "ddp", "omp-wait", "omp-child", "checkpoint-cost"])
+    p.add_argument("what", choices=["overhead", "memmap", "memmap-child", "ddp", "omp-wait", "omp-child", "checkpoint-cost",
+                                    "checkpoint-parts"])
     p.add_argument("root", nargs="?")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=5)
@@ -328,4 +395,5 @@ if __name__ == "__main__":
     {"overhead": lambda: overhead(a.repeats, a.epochs, a.threads, a.val_every, a.sets), "memmap": lambda: memmap(a.gb),
      "memmap-child": lambda: memmap_child(a.root), "ddp": lambda: [ddp(a.epochs, s) for s in a.seeds],
      "omp-wait": lambda: omp_wait(a.repeats, a.epochs), "omp-child": lambda: omp_child(a.epochs),
-     "checkpoint-cost": lambda: checkpoint_cost(a.repeats, a.threads, not a.normal_priority)}[a.what]()
+     "checkpoint-cost": lambda: checkpoint_cost(a.repeats, a.threads, not a.normal_priority),
+     "checkpoint-parts": lambda: checkpoint_parts(a.repeats)}[a.what]()
