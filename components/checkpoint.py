@@ -7,9 +7,9 @@ are kept. Loading uses `torch.load(weights_only=True)`: a file that needs a pick
 (a class, a function, a numpy array) is refused, never executed.
 
 Inside, the state's tensors are packed: one flat tensor per dtype holds their values, and an index
-gives each one's place and shape. torch.save spends ~35 us of CPU per tensor record, so the ~80
-tensors of a model and its AdamW moments took 3.5 ms as records, against ~1 ms packed
-(BENCHMARKS.md, issue 4)."""
+gives each one's place and shape. torch.save spends ~35 us of CPU per tensor record: the 82 tensors
+of the default CNN with its AdamW moments took 3.7 ms as records, 1.0 ms packed (BENCHMARKS.md,
+issue 4). Most of that is pickling, which holds the GIL the training thread needs between ops."""
 from __future__ import annotations
 
 import hashlib
@@ -132,10 +132,16 @@ def _unpack(state: dict, path: Path) -> dict:
         raise _Corrupt(f"{path}: checkpoint cannot be read ({type(e).__name__}: {e})") from None
 
 
-def _write(folder: str | Path, epoch: int, packed: dict, keep: int) -> Path:
+def serialize(epoch: int, state: dict) -> memoryview:
+    """The bytes of the checkpoint of `epoch` (packs state first)."""
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, "epoch": int(epoch), **packed}, buf)
-    data = buf.getbuffer()
+    torch.save({"format": FORMAT, "epoch": int(epoch), **pack(state)}, buf)
+    return buf.getbuffer()
+
+
+def _store(folder: str | Path, epoch: int, data: memoryview, keep: int) -> Path:
+    """Name the bytes by their digest, write them atomically, prune to the newest `keep`. Hashing,
+    writing and fsync release the GIL, so a writer thread doing this leaves the training thread be."""
     path = Path(folder) / f"epoch-{epoch:04d}.{_digest(data)}.pt"
     with atomic_file(path) as f:
         f.write(data)
@@ -145,7 +151,7 @@ def _write(folder: str | Path, epoch: int, packed: dict, keep: int) -> Path:
 
 def save(folder: str | Path, epoch: int, state: dict, keep: int) -> Path:
     """Write state as the checkpoint of `epoch`, then prune to the newest `keep` files."""
-    return _write(folder, epoch, pack(state), keep)
+    return _store(folder, epoch, serialize(epoch, state), keep)
 
 
 def _background_priority() -> None:
@@ -161,12 +167,14 @@ def _background_priority() -> None:
 
 
 class Writer:
-    """Writes checkpoints on one background thread, so the next epoch trains while the last one is
-    serialized, written and fsynced. submit() packs (copies) the state before it returns and first waits
-    for the write before it, so at most one is in flight and files land in epoch order; a failed
-    write is raised by the next submit() or by close(). Use as a context manager: leaving it waits
-    for the last write, also when training stopped with an error. background: the thread runs at
-    background priority (_background_priority); False keeps the process's (for comparison)."""
+    """Stores checkpoints on one background thread, so the next epoch trains while the last one is
+    hashed, written and fsynced. submit() packs and serializes the state on the caller's thread (at
+    background priority with every core training, a writer that also pickled was still busy when the
+    next epoch ended, and pickling holds the GIL; BENCHMARKS.md, issue 4), then waits for the write
+    before it, so at most one is in flight and files land in epoch order; a failed write is raised by
+    the next submit() or by close(). Use as a context manager: leaving it waits for the last write,
+    also when training stopped with an error. background: the thread runs at background priority
+    (_background_priority); False keeps the process's (for comparison)."""
 
     def __init__(self, background: bool = True) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer",
@@ -174,8 +182,9 @@ class Writer:
         self._pending: Future | None = None
 
     def submit(self, folder: str | Path, epoch: int, state: dict, keep: int) -> None:
+        data = serialize(epoch, state)
         self.wait()
-        self._pending = self._pool.submit(_write, folder, epoch, pack(state), keep)
+        self._pending = self._pool.submit(_store, folder, epoch, data, keep)
 
     def wait(self) -> Path | None:
         pending, self._pending = self._pending, None

@@ -2,6 +2,7 @@
 sharding, precision checks. (DDP over real processes: tests/e2e/test_ddp.py.)"""
 from __future__ import annotations
 
+import io
 import os
 import sys
 import threading
@@ -108,7 +109,9 @@ def test_a_packed_file_with_a_bad_index_is_skipped_as_corrupt(tmp_path):
     checkpoint.save(tmp_path, 1, {"w": torch.ones(2)}, keep=3)
     packed = checkpoint.pack({"w": torch.ones(2)})
     packed["tensors"][0][2] = 99  # more values than its buffer holds; the digest is valid
-    bad = checkpoint._write(tmp_path, 2, packed, keep=3)
+    buf = io.BytesIO()
+    torch.save({"format": checkpoint.FORMAT, "epoch": 2, **packed}, buf)
+    bad = checkpoint._store(tmp_path, 2, buf.getbuffer(), keep=3)
     with pytest.warns(checkpoint.CheckpointWarning, match=bad.name + ".*cannot be read"):
         state, path = checkpoint.load_latest(tmp_path)
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(2))
@@ -130,8 +133,6 @@ def test_an_unpacked_checkpoint_of_the_earlier_format_still_resumes(tmp_path):
     state = checkpoint.read(latest)
     state["format"] = checkpoint.UNPACKED
     state["rng"][0]["python"][1] = tuple(state["rng"][0]["python"][1].tolist())  # format 1 kept python's words as ints
-    import io
-
     buf = io.BytesIO()
     torch.save(state, buf)
     checkpoint.clear(folder)
