@@ -9,7 +9,8 @@ are kept. Loading uses `torch.load(weights_only=True)`: a file that needs a pick
 Inside, the state's tensors are packed: one flat tensor per dtype holds their values, and an index
 gives each one's place and shape. torch.save spends ~35 us of CPU per tensor record: the 82 tensors
 of the default CNN with its AdamW moments took 3.7 ms as records, 1.0 ms packed (BENCHMARKS.md,
-issue 4). Most of that is pickling, which holds the GIL the training thread needs between ops."""
+issue 4), nearly all of it in the pickler. Serialization runs on the training thread (Writer), so
+that time is training's own."""
 from __future__ import annotations
 
 import hashlib
@@ -141,7 +142,7 @@ def serialize(epoch: int, state: dict) -> memoryview:
 
 def _store(folder: str | Path, epoch: int, data: memoryview, keep: int) -> Path:
     """Name the bytes by their digest, write them atomically, prune to the newest `keep`. Hashing,
-    writing and fsync release the GIL, so a writer thread doing this leaves the training thread be."""
+    writing and fsync release the GIL: a thread doing this barely holds it."""
     path = Path(folder) / f"epoch-{epoch:04d}.{_digest(data)}.pt"
     with atomic_file(path) as f:
         f.write(data)
