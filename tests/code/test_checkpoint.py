@@ -43,6 +43,18 @@ def same_weights(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+class Stop(Exception):
+    pass
+
+
+def stop_at(n):
+    """An on_epoch callback that interrupts training after epoch n (as a kill would)."""
+    def stop(epoch, row):
+        if epoch == n:
+            raise Stop
+    return stop
+
+
 def test_checkpoints_are_atomic_named_by_digest_and_pruned(tmp_path):
     for epoch in range(1, 5):
         checkpoint.save(tmp_path, epoch, {"w": torch.full((3,), float(epoch))}, keep=2)
@@ -118,17 +130,10 @@ def test_a_packed_file_with_a_bad_index_is_skipped_as_corrupt(tmp_path):
 
 
 def test_an_unpacked_checkpoint_of_the_earlier_format_still_resumes(tmp_path):
-    class Stop(Exception):
-        pass
-
-    def stop_at_3(epoch, row):
-        if epoch == 3:
-            raise Stop
-
     _, full = run()
     folder = tmp_path / "ckpt"
     with pytest.raises(Stop):  # then rewrite the checkpoint of epoch 2 the way format 1 stored it
-        run(tmp_path, on_epoch=stop_at_3)
+        run(tmp_path, on_epoch=stop_at(3))
     latest = checkpoint.entries(folder)[-1]
     state = checkpoint.read(latest)
     state["format"] = checkpoint.UNPACKED
@@ -155,17 +160,10 @@ def test_checkpoint_holding_a_pickled_object_is_refused(tmp_path, capsys):
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
-    class Stop(Exception):
-        pass
-
-    def stop_at_3(epoch, row):
-        if epoch == 3:
-            raise Stop
-
     aug = lambda x, g: x + 0.1 * torch.randn(x.shape, generator=g)  # noqa: E731 - uses the saved generator
     full_hist, full = run(augment=aug)
     with pytest.raises(Stop):
-        run(tmp_path, augment=aug, on_epoch=stop_at_3)
+        run(tmp_path, augment=aug, on_epoch=stop_at(3))
     assert [e.epoch for e in checkpoint.entries(tmp_path / "ckpt")] == [1, 2]
     hist, resumed = run(tmp_path, augment=aug)
     assert hist.resumed_from == 2 and len(hist.epochs) == CFG.epochs
@@ -261,16 +259,9 @@ def test_mixed_precision_on_cuda_trains_like_fp32(precision):
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_checkpoint_resume_is_exact(tmp_path):
-    class Stop(Exception):
-        pass
-
-    def stop_at_3(epoch, row):
-        if epoch == 3:
-            raise Stop
-
     full_hist, full = run()
     with pytest.raises(Stop):
-        run(tmp_path, on_epoch=stop_at_3)
+        run(tmp_path, on_epoch=stop_at(3))
     hist, resumed = run(tmp_path)
     assert hist.resumed_from == 2
     assert [r["val_accuracy"] for r in hist.epochs] == [r["val_accuracy"] for r in full_hist.epochs]
