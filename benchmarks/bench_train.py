@@ -1,6 +1,7 @@
 """Training-engine benchmarks (issue 4). CPU only; prints one JSON line per measurement.
 
     .venv/bin/python benchmarks/bench_train.py overhead [--repeats 3] [--epochs 5] [--val-every 1] [--set KEY=VALUE]
+        [--variant KEY=VALUE]
     .venv/bin/python benchmarks/bench_train.py memmap [--gb 4]
     .venv/bin/python benchmarks/bench_train.py ddp [--epochs 20] [--seeds 0 1 2]
     .venv/bin/python benchmarks/bench_train.py omp-wait [--repeats 2] [--epochs 15]
@@ -13,7 +14,8 @@ overhead: the train stage's compute (flows/train_worker.train_model: memmap stre
   validation passes), same model, data, batch size, epochs, threads; runs interleaved; throughput =
   training samples/s. Also reported against the bare training steps alone (no validation, no
   schedule: the stage then pays for its validation passes too), and that loop's fused-AdamW gain
-  over torch's default AdamW.
+  over torch's default AdamW. --variant KEY=VALUE also runs the stage so changed in every repeat
+  (e.g. train.checkpoint_every=0: what the checkpoints cost) and reports it over the stage.
 memmap: one epoch over a synthetic float32 dataset of --gb GB written under /tmp (deleted after),
   in a fresh process; reports its peak RSS.
 ddp: the train stage on digits with 1 rank x 2 threads and 2 ranks x 1 thread (gloo, elastic
@@ -62,7 +64,7 @@ def _prepared_digits(root: Path) -> None:
     data.save_prepared(data.ingest(cfg.data, cfg.seed), root / "data" / "prepared")
 
 
-def overhead(repeats: int, epochs: int, threads: int, val_every: int, sets: list[str]) -> None:
+def overhead(repeats: int, epochs: int, threads: int, val_every: int, sets: list[str], variant: str | None) -> None:
     import torch
 
     from bare_loop import bare_train
@@ -73,23 +75,26 @@ def overhead(repeats: int, epochs: int, threads: int, val_every: int, sets: list
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         _prepared_digits(root)
-        cfg = load_config(None, [f"train.epochs={epochs}", "augment.enabled=false", "train.patience=1000",
-                                 f"train.num_threads={threads}", f"train.val_every={val_every}", *sets])
+        base = [f"train.epochs={epochs}", "augment.enabled=false", "train.patience=1000", f"train.num_threads={threads}",
+                f"train.val_every={val_every}", *sets]
+        cfg = load_config(None, base)
+        cfg_variant = load_config(None, [*base, variant]) if variant else None
         torch.set_num_threads(threads)
         ds = data.load_prepared(root / "data" / "prepared")
         tr, va = train.val_split(ds.y_train, cfg.data.val_size, cfg.seed)
         spec = models.model_args(cfg.model, ds.meta.feature_shape, ds.meta.n_classes, ds.meta.kind)
-        stage, bare, stage_cpu, bare_cpu, steps_only, steps_loop, unfused = [], [], [], [], [], [], []
+        stage, bare, stage_cpu, bare_cpu, steps_only, steps_loop, unfused, other = [], [], [], [], [], [], [], []
         samples = len(tr) * epochs
         X, y = ds.X_train[tr], ds.y_train[tr]
         val = (ds.X_train[va], ds.y_train[va])
 
-        def run_stage():
+        def run_stage(c=cfg):
             shutil.rmtree(root / "models", ignore_errors=True)
-            w, c = time.perf_counter(), time.process_time()
-            hist, _, _ = train_worker.train_model(cfg, root, distributed.single(), progress=False)
-            steps_only.append(samples / sum(hist.train_seconds))
-            return samples / (time.perf_counter() - w), samples / (time.process_time() - c)
+            w, t = time.perf_counter(), time.process_time()
+            hist, _, _ = train_worker.train_model(c, root, distributed.single(), progress=False)
+            if c is cfg:
+                steps_only.append(samples / sum(hist.train_seconds))
+            return samples / (time.perf_counter() - w), samples / (time.process_time() - t)
 
         def run_bare(fused=True, recipe=True):
             train.seed_everything(cfg.seed)
@@ -101,8 +106,12 @@ def overhead(repeats: int, epochs: int, threads: int, val_every: int, sets: list
         run_stage(), run_bare(), run_bare(recipe=False), run_bare(False, False)  # warm-up: imports, allocator, dispatch
         steps_only.clear()
         for i in range(repeats):  # interleaved, alternating order, so drifting load hits both alike
-            pair = (run_stage(), run_bare()) if i % 2 == 0 else tuple(reversed((run_bare(), run_stage())))
-            (sw, sc), (bw, bc) = pair
+            if i % 2 == 0:
+                (sw, sc), (bw, bc) = run_stage(), run_bare()
+            else:
+                (bw, bc), (sw, sc) = run_bare(), run_stage()
+            if cfg_variant is not None:  # after the pair: right after the stage on odd repeats, the bare loop on even
+                other.append(run_stage(cfg_variant)[0])
             stage.append(sw), stage_cpu.append(sc), bare.append(bw), bare_cpu.append(bc)
             steps_loop.append(run_bare(recipe=False)[0])
             unfused.append(run_bare(False, False)[0])
@@ -123,6 +132,8 @@ def overhead(repeats: int, epochs: int, threads: int, val_every: int, sets: list
                           "ratio_train_steps_only_vs_steps_loop": spread([a / b for a, b in zip(steps_only, steps_loop)]),
                           "bare_default_adamw_samples_s_wall": unfused,
                           "fused_over_default_adamw_median": statistics.median(a / b for a, b in zip(steps_loop, unfused)),
+                          **({"variant": variant, "variant_samples_s_wall": other,
+                              "ratio_variant_over_stage_wall": spread([a / b for a, b in zip(other, stage)])} if variant else {}),
                           "loadavg": loadavg()}))
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -396,9 +407,11 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--val-every", type=int, default=1, help="overhead: train.val_every of the stage")
     p.add_argument("--set", dest="sets", action="append", default=[], help="overhead: stage config override KEY=VALUE")
+    p.add_argument("--variant", default=None, help="overhead: also run the stage with this KEY=VALUE in every repeat "
+                                                    "(e.g. train.checkpoint_every=0) and report it over the stage")
     p.add_argument("--normal-priority", action="store_true", help="checkpoint-cost: writer thread at normal priority")
     a = p.parse_args()
-    {"overhead": lambda: overhead(a.repeats, a.epochs, a.threads, a.val_every, a.sets), "memmap": lambda: memmap(a.gb),
+    {"overhead": lambda: overhead(a.repeats, a.epochs, a.threads, a.val_every, a.sets, a.variant), "memmap": lambda: memmap(a.gb),
      "memmap-child": lambda: memmap_child(a.root), "ddp": lambda: [ddp(a.epochs, s) for s in a.seeds],
      "omp-wait": lambda: omp_wait(a.repeats, a.epochs), "omp-child": lambda: omp_child(a.epochs),
      "checkpoint-cost": lambda: checkpoint_cost(a.repeats, a.threads, not a.normal_priority),
