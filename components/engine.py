@@ -94,7 +94,7 @@ def _cpu(sd: dict) -> dict:
 
 def _save(writer: checkpoint.Writer, folder: Path, key: str, keep: int, st: LoopState, model, opt, sched, scaler,
           rngs) -> None:
-    """Queue the checkpoint of st.epoch on the writer (it snapshots the state before returning)."""
+    """Queue the checkpoint of st.epoch on the writer (it packs and serializes the state before returning)."""
     h = st.history
     state = {
         "key": key, "model": model.state_dict(), "optimizer": opt.state_dict(),
