@@ -1,7 +1,7 @@
 """Training-engine benchmarks (issue 4). CPU only; prints one JSON line per measurement.
 
     .venv/bin/python benchmarks/bench_train.py overhead [--repeats 3] [--epochs 5] [--val-every 1] [--set KEY=VALUE]
-        [--variant KEY=VALUE]
+        [--variant KEY=VALUE] [--pairs-only]
     .venv/bin/python benchmarks/bench_train.py memmap [--gb 4]
     .venv/bin/python benchmarks/bench_train.py ddp [--epochs 20] [--seeds 0 1 2]
     .venv/bin/python benchmarks/bench_train.py omp-wait [--repeats 2] [--epochs 15]
@@ -15,7 +15,9 @@ overhead: the train stage's compute (flows/train_worker.train_model: memmap stre
   training samples/s. Also reported against the bare training steps alone (no validation, no
   schedule: the stage then pays for its validation passes too), and that loop's fused-AdamW gain
   over torch's default AdamW. --variant KEY=VALUE also runs the stage so changed in every repeat
-  (e.g. train.checkpoint_every=0: what the checkpoints cost) and reports it over the stage.
+  (e.g. train.checkpoint_every=0: what the checkpoints cost) and reports it over the stage. Each
+  ratio comes with a 95% bootstrap interval of its median; --pairs-only skips the steps-only and
+  default-AdamW loops, for more pairs in the same time.
 memmap: one epoch over a synthetic float32 dataset of --gb GB written under /tmp (deleted after),
   in a fresh process; reports its peak RSS.
 ddp: the train stage on digits with 1 rank x 2 threads and 2 ranks x 1 thread (gloo, elastic
@@ -56,6 +58,13 @@ def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
 
 
+def median_ci(values: list[float], level: float = 0.95, resamples: int = 4000) -> list[float]:
+    """Percentile-bootstrap interval of the median (seeded: the same values give the same interval)."""
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(np.asarray(values), size=(resamples, len(values))), axis=1)
+    return [float(q) for q in np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])]
+
+
 def _prepared_digits(root: Path) -> None:
     from components import data
     from components.config import load_config
@@ -64,7 +73,8 @@ def _prepared_digits(root: Path) -> None:
     data.save_prepared(data.ingest(cfg.data, cfg.seed), root / "data" / "prepared")
 
 
-def overhead(repeats: int, epochs: int, threads: int, val_every: int, sets: list[str], variant: str | None) -> None:
+def overhead(repeats: int, epochs: int, threads: int, val_every: int, sets: list[str], variant: str | None,
+             pairs_only: bool = False) -> None:
     import torch
 
     from bare_loop import bare_train
@@ -113,11 +123,13 @@ def overhead(repeats: int, epochs: int, threads: int, val_every: int, sets: list
             if cfg_variant is not None:  # after the pair: right after the stage on odd repeats, the bare loop on even
                 other.append(run_stage(cfg_variant)[0])
             stage.append(sw), stage_cpu.append(sc), bare.append(bw), bare_cpu.append(bc)
-            steps_loop.append(run_bare(recipe=False)[0])
-            unfused.append(run_bare(False, False)[0])
+            if not pairs_only:
+                steps_loop.append(run_bare(recipe=False)[0])
+                unfused.append(run_bare(False, False)[0])
 
         def spread(ratios):
-            return {"median": statistics.median(ratios), "min_max": [min(ratios), max(ratios)], "all": ratios}
+            return {"median": statistics.median(ratios), "ci95_of_median": median_ci(ratios),
+                    "min_max": [min(ratios), max(ratios)], "all": ratios}
 
         print(json.dumps({"bench": "overhead", "epochs": epochs, "repeats": repeats, "threads": threads, "n_train": int(len(tr)),
                           "n_val": int(len(va)), "val_every": val_every, "set": sets,
@@ -128,10 +140,11 @@ def overhead(repeats: int, epochs: int, threads: int, val_every: int, sets: list
                           "stage_samples_s_wall": stage, "bare_samples_s_wall": bare,
                           "ratio_wall": spread([a / b for a, b in zip(stage, bare)]),
                           "ratio_cpu_time": spread([a / b for a, b in zip(stage_cpu, bare_cpu)]),
-                          "ratio_wall_vs_steps_loop": spread([a / b for a, b in zip(stage, steps_loop)]),
-                          "ratio_train_steps_only_vs_steps_loop": spread([a / b for a, b in zip(steps_only, steps_loop)]),
-                          "bare_default_adamw_samples_s_wall": unfused,
-                          "fused_over_default_adamw_median": statistics.median(a / b for a, b in zip(steps_loop, unfused)),
+                          **({} if pairs_only else {
+                              "ratio_wall_vs_steps_loop": spread([a / b for a, b in zip(stage, steps_loop)]),
+                              "ratio_train_steps_only_vs_steps_loop": spread([a / b for a, b in zip(steps_only, steps_loop)]),
+                              "bare_default_adamw_samples_s_wall": unfused,
+                              "fused_over_default_adamw_median": statistics.median(a / b for a, b in zip(steps_loop, unfused))}),
                           **({"variant": variant, "variant_samples_s_wall": other,
                               "ratio_variant_over_stage_wall": spread([a / b for a, b in zip(other, stage)])} if variant else {}),
                           "loadavg": loadavg()}))
@@ -409,9 +422,11 @@ if __name__ == "__main__":
     p.add_argument("--set", dest="sets", action="append", default=[], help="overhead: stage config override KEY=VALUE")
     p.add_argument("--variant", default=None, help="overhead: also run the stage with this KEY=VALUE in every repeat "
                                                     "(e.g. train.checkpoint_every=0) and report it over the stage")
+    p.add_argument("--pairs-only", action="store_true", help="overhead: only the stage / recipe-loop pairs (and the "
+                                                             "variant), not the steps-only and default-AdamW loops")
     p.add_argument("--normal-priority", action="store_true", help="checkpoint-cost: writer thread at normal priority")
     a = p.parse_args()
-    {"overhead": lambda: overhead(a.repeats, a.epochs, a.threads, a.val_every, a.sets, a.variant), "memmap": lambda: memmap(a.gb),
+    {"overhead": lambda: overhead(a.repeats, a.epochs, a.threads, a.val_every, a.sets, a.variant, a.pairs_only), "memmap": lambda: memmap(a.gb),
      "memmap-child": lambda: memmap_child(a.root), "ddp": lambda: [ddp(a.epochs, s) for s in a.seeds],
      "omp-wait": lambda: omp_wait(a.repeats, a.epochs), "omp-child": lambda: omp_child(a.epochs),
      "checkpoint-cost": lambda: checkpoint_cost(a.repeats, a.threads, not a.normal_priority),

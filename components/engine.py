@@ -107,6 +107,17 @@ def _save(writer: checkpoint.Writer, folder: Path, key: str, keep: int, st: Loop
     writer.submit(folder, st.epoch, state, keep)
 
 
+def _checkpoint_due(epoch: int, done: bool, cfg: TrainConfig, since_last: float, d: distributed.Dist) -> bool:
+    """Every checkpoint_every epochs once checkpoint_min_seconds have passed since the last checkpoint
+    (or the start), and always after the last epoch. Rank 0's clock decides for every rank, which
+    all take part in the checkpoint's RNG gather."""
+    if done or epoch == cfg.epochs:
+        return True
+    if epoch % cfg.checkpoint_every:
+        return False
+    return distributed.any_rank(d.is_main and since_last >= cfg.checkpoint_min_seconds, d)
+
+
 def _resume(folder: Path, key: str, d: distributed.Dist, model, opt, sched, scaler, g, st: LoopState) -> Path | None:
     """Restore from the newest good checkpoint; rank 0 picks it, every rank loads the same file."""
     found, refused = None, None
@@ -222,8 +233,8 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
                augment: Callable | None = None, log: Callable | None = None, progress: bool = True, *,
                dist: distributed.Dist | None = None, checkpoint_dir: str | Path | None = None, resume_key: str = "",
                on_epoch: Callable[[int, dict], None] | None = None, loss_fn: Callable = cross_entropy):
-    """See train.fit. checkpoint_dir: save every cfg.checkpoint_every epochs and resume from the
-    newest good checkpoint whose resume_key matches. on_epoch(epoch, row) runs on every rank after
+    """See train.fit. checkpoint_dir: save every cfg.checkpoint_every epochs, at most once per
+    cfg.checkpoint_min_seconds, and resume from the newest good checkpoint whose resume_key matches. on_epoch(epoch, row) runs on every rank after
     each epoch (raise from it to stop, e.g. an Optuna pruner). loss_fn(logits, xb, yb) -> loss
     replaces the cross-entropy on the labels (e.g. compress.distill_loss). The model trains on the
     rank's device (a GPU when there is one) and is handed back on the device it came on."""
@@ -262,6 +273,7 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
                TimeRemainingColumn()]
     with Progress(*columns, disable=not (progress and d.is_main), transient=False) as bar, checkpoint.Writer() as writer:
         task = bar.add_task("train", total=cfg.epochs, completed=st.epoch, msg="")
+        last_checkpoint = time.monotonic()
         for epoch in range(st.epoch + 1, cfg.epochs + 1):
             if st.done:
                 break
@@ -291,10 +303,11 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
             st.epoch, st.done = epoch, cfg.keep == "best" and st.bad >= cfg.patience
             hist.stopped_early = st.done
             bar.update(task, advance=1)
-            if ckpt is not None and (epoch % cfg.checkpoint_every == 0 or st.done or epoch == cfg.epochs):
+            if ckpt is not None and _checkpoint_due(epoch, st.done, cfg, time.monotonic() - last_checkpoint, d):
                 rngs = _gather_rng(g, d)
                 if d.is_main:
                     _save(writer, ckpt, resume_key, cfg.keep_checkpoints, st, model, opt, sched, scaler, rngs)
+                last_checkpoint = time.monotonic()
     if st.best_state is not None:
         model.load_state_dict(st.best_state)
     model.to(home)

@@ -6,6 +6,7 @@ import io
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def mlp(seed=0):
     return models.MLP((6,), 3, hidden=(16,), dropout=0.1)
 
 
-CFG = TrainConfig(epochs=5, batch_size=32, lr=1e-2, patience=50, num_threads=1)
+CFG = TrainConfig(epochs=5, batch_size=32, lr=1e-2, patience=50, num_threads=1, checkpoint_min_seconds=0)
 
 
 def run(tmp_path=None, cfg=CFG, X=None, y=None, **kw):
@@ -169,6 +170,25 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert hist.resumed_from == 2 and len(hist.epochs) == CFG.epochs
     assert hist.epochs == full_hist.epochs
     assert same_weights(resumed, full)
+
+
+def test_checkpoints_are_min_seconds_apart_and_the_last_epoch_always_gets_one(tmp_path):
+    """Short epochs get a checkpoint only once checkpoint_min_seconds have passed since the last one
+    (here epoch 3, after a pause); resuming from those sparser files ends as an uninterrupted run."""
+    cfg = CFG.model_copy(update={"epochs": 6, "checkpoint_min_seconds": 1.0, "keep_checkpoints": 10})
+    full_hist, full = run(cfg=cfg)
+
+    def pause_at_3_stop_at_5(epoch, row):
+        if epoch == 3:
+            time.sleep(1.1)
+        stop_at(5)(epoch, row)
+
+    with pytest.raises(Stop):
+        run(tmp_path, cfg, on_epoch=pause_at_3_stop_at_5)
+    assert [e.epoch for e in checkpoint.entries(tmp_path / "ckpt")] == [3]  # epochs 1-2 and 4-5 took well under 1 s
+    hist, resumed = run(tmp_path, cfg)
+    assert hist.resumed_from == 3 and hist.epochs == full_hist.epochs and same_weights(resumed, full)
+    assert [e.epoch for e in checkpoint.entries(tmp_path / "ckpt")] == [3, 6]
 
 
 def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):

@@ -22,7 +22,9 @@ from tests.conftest import BIN, cli, write_params
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 SMALL = {"model": {"channels": [8, 16], "hidden": [32], "dropout": 0.1},
-         "train": {"epochs": 6, "batch_size": 64, "patience": 50, "num_threads": 0, "keep_checkpoints": 3}}
+         # a checkpoint every epoch, however short: the kill tests wait for epoch 2's file
+         "train": {"epochs": 6, "batch_size": 64, "patience": 50, "num_threads": 0, "keep_checkpoints": 3,
+                   "checkpoint_min_seconds": 0}}
 TWO = {"nproc_per_node": 2, "max_restarts": 2, "timeout": 60}
 
 
