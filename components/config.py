@@ -88,8 +88,8 @@ class TrainConfig(_Section):
     channels_last: bool = False  # NHWC memory layout for CNNs (faster on GPU, with bf16 on CPU)
     checkpoint_every: int = Field(1, ge=0, le=10_000)  # epochs between checkpoints; 0 = off (no resume)
     # least wall time between two checkpoints (the last epoch always gets one): short epochs are not each
-    # worth a durable copy; at 1 s a checkpoint costs under 1% of training, and a kill loses at most ~1 s
-    # plus one epoch of work. 0 = every checkpoint_every epochs whatever their length
+    # worth a durable copy (one per 0.23 s epoch cost the stage 3-5% at 2 threads on 2 cores, ~1% at 1 s;
+    # BENCHMARKS.md, issue 4); a kill loses at most ~1 s plus one epoch. 0 = every checkpoint_every epochs
     checkpoint_min_seconds: float = Field(1.0, ge=0, le=86_400)
     keep_checkpoints: int = Field(2, ge=1, le=100)  # newest K checkpoint files kept
     loader_workers: int = Field(0, ge=0, le=64)  # DataLoader worker processes per rank; 0 = read in the trainer
