@@ -234,8 +234,9 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
                dist: distributed.Dist | None = None, checkpoint_dir: str | Path | None = None, resume_key: str = "",
                on_epoch: Callable[[int, dict], None] | None = None, loss_fn: Callable = cross_entropy):
     """See train.fit. checkpoint_dir: save every cfg.checkpoint_every epochs, at most once per
-    cfg.checkpoint_min_seconds, and resume from the newest good checkpoint whose resume_key matches. on_epoch(epoch, row) runs on every rank after
-    each epoch (raise from it to stop, e.g. an Optuna pruner). loss_fn(logits, xb, yb) -> loss
+    cfg.checkpoint_min_seconds (_checkpoint_due), and resume from the newest good checkpoint whose
+    resume_key matches. on_epoch(epoch, row) runs on every rank after each epoch (raise from it to
+    stop, e.g. an Optuna pruner). loss_fn(logits, xb, yb) -> loss
     replaces the cross-entropy on the labels (e.g. compress.distill_loss). The model trains on the
     rank's device (a GPU when there is one) and is handed back on the device it came on."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn

@@ -30,7 +30,8 @@ from components.errors import MlpipeError
 from components.fileio import atomic_file, write_json
 
 # settings that change how a run executes, not what it computes: a change keeps the checkpoints
-OPERATIONAL = ("checkpoint_every", "checkpoint_min_seconds", "keep_checkpoints", "loader_workers", "num_threads", "compile", "deterministic")
+OPERATIONAL = ("checkpoint_every", "checkpoint_min_seconds", "keep_checkpoints", "loader_workers", "num_threads", "compile",
+               "deterministic")
 
 
 def checkpoint_dir(root: Path) -> Path:
