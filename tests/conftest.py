@@ -86,6 +86,25 @@ def prefect_api(tmp_path_factory) -> str:
         servers.stop(srv.pid)
 
 
+def child_processes(pid: int, module: str) -> list:
+    """The live descendants of process pid whose command line names `module`; one that exits while
+    they are listed is left out (as is everything, once pid itself is gone)."""
+    import psutil
+
+    found = []
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return found
+    for p in children:
+        try:
+            if module in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """The real entry point, as a user runs it."""
     full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(cwd / ".prefect"), **(env or {})}

@@ -10,14 +10,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from components import models, train
 from components.config import load_config
 from components.distributed import single
 from flows import train_worker
-from tests.conftest import BIN, cli, write_params
+from tests.conftest import BIN, child_processes, cli, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -115,7 +114,7 @@ def test_killed_rank_is_restarted_and_resumes_to_the_same_result(runs):
     root = _project(runs["base"], "killrank", runs["prepared"], 2)
     proc = _start_train(root)
     _wait_for_epoch(root, proc, 2)
-    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "flows.train_worker" in " ".join(p.cmdline())]
+    ranks = child_processes(proc.pid, "flows.train_worker")
     victim = next(p for p in ranks if p.environ().get("RANK") == "1")
     victim.send_signal(signal.SIGKILL)
     out, _ = proc.communicate(timeout=240)

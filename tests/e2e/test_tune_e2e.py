@@ -9,14 +9,13 @@ import subprocess
 import time
 
 import optuna
-import psutil
 import pytest
 import yaml
 from optuna.trial import TrialState
 
 from components import data
 from components.config import load_config
-from tests.conftest import BIN, cli, write_params
+from tests.conftest import BIN, child_processes, cli, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +65,7 @@ def test_killed_worker_then_rerun_completes_the_budget(project):
         journal = project / ".mlpipe" / "optuna" / "journal.log"
         if journal.exists() and journal.stat().st_size:
             study = journal_study(project)
-            workers = {c.pid for c in psutil.Process(stage.pid).children(recursive=True) if "flows.tuning" in " ".join(c.cmdline())}
+            workers = {c.pid for c in child_processes(stage.pid, "flows.tuning")}
             busy = [t.user_attrs["worker_pid"] for t in study.get_trials(states=(TrialState.RUNNING,))
                     if t.user_attrs.get("worker_pid") in workers]
             if busy and states(study).get("COMPLETE", 0) >= 1:
