@@ -7,7 +7,7 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup run test test-fast repro ui clean browser serve stop
+.PHONY: setup run test test-fast lint repro ui clean browser serve stop
 
 # torch first, with the venv's own pip: it takes the CPU wheel on disk (a newer pip, uv or
 # poetry would download a multi-GB CUDA build). Do not upgrade pip in the venv.
@@ -29,7 +29,14 @@ run: setup
 # tests/conftest.py (slowest first), not xdist's default (most tests first).
 TEST_WORKERS ?= 2
 
-test: setup browser
+# The house rules (import-linter contracts in pyproject.toml: no cycles, components/ never imports
+# prefect or flows/, only tracking.py and registry.py import mlflow) and ruff's lint and format.
+lint: setup
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup browser lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test-fast: setup
@@ -55,4 +62,4 @@ stop:
 	$(BIN)/mlpipe stop
 
 clean:
-	rm -rf data/prepared data/augmented models reports mlflow.db mlartifacts .mlpipe
+	rm -rf data/prepared data/augmented models reports mlflow.db* mlartifacts .mlpipe

@@ -140,7 +140,7 @@ def serialize(epoch: int, state: dict) -> memoryview:
     return buf.getbuffer()
 
 
-def _store(folder: str | Path, epoch: int, data: memoryview, keep: int) -> Path:
+def store(folder: str | Path, epoch: int, data: memoryview, keep: int) -> Path:
     """Name the bytes by their digest, write them atomically, prune to the newest `keep`. Hashing,
     writing and fsync release the GIL: a thread doing this barely holds it."""
     path = Path(folder) / f"epoch-{epoch:04d}.{_digest(data)}.pt"
@@ -152,7 +152,7 @@ def _store(folder: str | Path, epoch: int, data: memoryview, keep: int) -> Path:
 
 def save(folder: str | Path, epoch: int, state: dict, keep: int) -> Path:
     """Write state as the checkpoint of `epoch`, then prune to the newest `keep` files."""
-    return _store(folder, epoch, serialize(epoch, state), keep)
+    return store(folder, epoch, serialize(epoch, state), keep)
 
 
 def _background_priority() -> None:
@@ -185,7 +185,7 @@ class Writer:
     def submit(self, folder: str | Path, epoch: int, state: dict, keep: int) -> None:
         data = serialize(epoch, state)
         self.wait()
-        self._pending = self._pool.submit(_store, folder, epoch, data, keep)
+        self._pending = self._pool.submit(store, folder, epoch, data, keep)
 
     def wait(self) -> Path | None:
         pending, self._pending = self._pending, None

@@ -103,24 +103,24 @@ def distill_loss(teacher: nn.Module, alpha: float, temperature: float):
 
 def distill(student: nn.Module, teacher: nn.Module, X_tr, y_tr, X_va, y_va, cfg: TrainConfig, seed: int,
             augment=None, alpha: float = 0.9, temperature: float = 4.0) -> None:
-    """Fine-tune `student` in place on distill_loss through the training loop (train.fit: cfg's lr
+    """Fine-tune `student` in place on distill_loss through the training loop (engine.fit: cfg's lr
     schedule, divergence checks, the weights of the epoch with the lowest validation loss)."""
-    from components import train
+    from components import engine
 
-    train.fit(student, X_tr, y_tr, X_va, y_va, cfg, seed, augment=augment, progress=False,
+    engine.fit(student, X_tr, y_tr, X_va, y_va, cfg, seed, augment=augment, progress=False,
               loss_fn=distill_loss(teacher, alpha, temperature))
 
 
 def fine_tuner(X_tr, y_tr, X_va, y_va, seed: int, augment, cfg: CompressConfig) -> FitFn:
     """The FitFn of the compress stage: the training loop (labels only), or distill() when given a
     teacher and cfg.distill_alpha > 0."""
-    from components import train
+    from components import engine
 
     def fit(model: nn.Module, tcfg: TrainConfig, teacher: nn.Module | None = None) -> None:
         if teacher is not None and cfg.distill_alpha > 0:
             distill(model, teacher, X_tr, y_tr, X_va, y_va, tcfg, seed, augment, cfg.distill_alpha, cfg.distill_temperature)
         else:
-            train.fit(model, X_tr, y_tr, X_va, y_va, tcfg, seed, augment=augment, progress=False)
+            engine.fit(model, X_tr, y_tr, X_va, y_va, tcfg, seed, augment=augment, progress=False)
 
     return fit
 

@@ -22,6 +22,9 @@ class DataConfig(_Section):
     classes: tuple[str, ...] | None = None  # the allowed labels; None: whatever labels the data has
     image_size: tuple[int, int] = (8, 8)  # (H, W) pixels, imagefolder only
     grayscale: bool = True  # imagefolder: 1 channel, else 3
+    # imagefolder and image predict: largest image accepted, width x height pixels, read from the file's
+    # header before decoding (a 380 kB PNG can declare 20000 x 20000). Pillow warns above 89.5 M
+    max_pixels: int = Field(40_000_000, ge=16, le=89_000_000)
     test_size: float = Field(0.2, gt=0.0, lt=1.0)  # fraction held out for the final test
     val_size: float = Field(0.1, gt=0.0, lt=1.0)  # fraction of train held out for early stopping
 

@@ -1,7 +1,7 @@
 """Stratified k-fold cross-validation over the training split.
 
 Everything fitted is fitted inside the training fold only: the model's normalization
-statistics (train.fit fits Standardize on the rows it trains on), the augmentation (its
+statistics (the loop fits Standardize on the rows it trains on), the augmentation (its
 statistics come from the training-fold rows), and early stopping, which watches an inner
 validation split of the training fold. The held-out fold is touched once, for scoring."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Callable, ContextManager
 
 import numpy as np
 
-from components import augment, evaluate, models, train
+from components import evaluate, train
 from components.config import Config
 from components.errors import DataError
 
@@ -54,16 +54,7 @@ def score(y: np.ndarray, logits: np.ndarray) -> dict:
 def run_fold(X, y, tr: np.ndarray, held_out: np.ndarray, spec: dict, cfg: Config, kind: str,
              value_range, log: train.LogFn | None = None) -> tuple[dict, train.History]:
     """Train on rows `tr` (early stopping on an inner split of them), score rows `held_out`."""
-    try:
-        inner_tr, inner_va = train.val_split(y[tr], cfg.data.val_size, cfg.seed)
-    except ValueError as e:  # sklearn: a class too small for a stratified inner split
-        raise DataError(f"data.val_size: cannot split a training fold of {len(tr)} rows for early stopping ({e})") from None
-    fit_idx, stop_idx = tr[inner_tr], tr[inner_va]
-    train.seed_everything(cfg.seed)  # the same initial weights as the final training run
-    model = models.build(spec)
-    aug = augment.build_augment(cfg.augment, kind, X[fit_idx], value_range)
-    hist = train.fit(model, X[fit_idx], y[fit_idx], X[stop_idx], y[stop_idx], cfg.train, cfg.seed,
-                     augment=aug, log=log, progress=False)
+    model, hist = train.Recipe(cfg, X, y, kind, value_range, rows=tr).fit(spec, log=log)  # the final run's initial weights
     return score(y[held_out], train.predict_logits(model, X[held_out]).numpy()), hist
 
 

@@ -118,21 +118,36 @@ def load_npz(path: Path) -> Raw:
     return Raw(X, y, "tabular" if X.ndim == 2 else "image", None)
 
 
-def read_image(path: Path, size: tuple[int, int], grayscale: bool) -> np.ndarray:
-    """One PNG/JPEG -> (C, H, W) float32 in [0, 1]; a truncated or corrupt file names itself."""
-    from PIL import Image, UnidentifiedImageError
+def read_image(path: Path, size: tuple[int, int], grayscale: bool, max_pixels: int) -> np.ndarray:
+    """One PNG/JPEG -> (C, H, W) float32 in [0, 1]. The size is checked from the header before
+    decoding: a small file can declare billions of pixels. Any file that cannot be decoded names itself."""
+    import warnings
+
+    from PIL import Image
 
     h, w = size
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # rather fail than decode it
+            im = Image.open(path)  # reads the header only
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: image too large ({e}); data.max_pixels is {max_pixels:,}") from None
+    except Exception as e:  # noqa: BLE001  Pillow raises many types for files it cannot identify
+        raise DataError(f"{path}: unreadable or corrupt image ({type(e).__name__}: {e})") from None
+    with im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise DataError(f"{path}: image too large: {width} x {height} = {width * height:,} pixels, "
+                            f"over data.max_pixels {max_pixels:,}")
+        try:
             im.load()  # decodes fully: a truncated file fails here, not later
             arr = np.asarray(im.convert("L" if grayscale else "RGB").resize((w, h), Image.BILINEAR), np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable or corrupt image ({e})") from None
+        except Exception as e:  # noqa: BLE001  OSError (truncated), SyntaxError (broken chunks), zlib.error ...
+            raise DataError(f"{path}: unreadable or corrupt image ({type(e).__name__}: {e})") from None
     return arr[None] if grayscale else arr.transpose(2, 0, 1)
 
 
-def load_imagefolder(root: Path, size: tuple[int, int], grayscale: bool) -> Raw:
+def load_imagefolder(root: Path, size: tuple[int, int], grayscale: bool, max_pixels: int) -> Raw:
     _need_file(root, "image folder")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if not class_dirs:
@@ -141,7 +156,7 @@ def load_imagefolder(root: Path, size: tuple[int, int], grayscale: bool) -> Raw:
     for d in class_dirs:
         for f in sorted(d.iterdir()):
             if f.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(read_image(f, size, grayscale))
+                images.append(read_image(f, size, grayscale, max_pixels))
                 labels.append(d.name)
     if not images:
         raise DataError(f"{root}: no PNG/JPEG images found in {len(class_dirs)} class folders")
@@ -179,7 +194,7 @@ def load_source(cfg: DataConfig) -> Raw:
     elif scheme == "npz":
         raw = load_npz(Path(rest))
     elif scheme == "imagefolder":
-        raw = load_imagefolder(Path(rest), tuple(cfg.image_size), cfg.grayscale)
+        raw = load_imagefolder(Path(rest), tuple(cfg.image_size), cfg.grayscale, cfg.max_pixels)
     else:
         raw = load_table(scheme, Path(rest), cfg.label_column)
     if len(raw.X) == 0:

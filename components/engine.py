@@ -1,4 +1,4 @@
-"""The training loop behind train.fit: one process or one DDP rank, fp32/bf16/fp16, checkpoints
+"""The training loop (fit): one process or one DDP rank, fp32/bf16/fp16, checkpoints
 and exact resume, in-memory or memory-mapped data.
 
 Resume is exact: a checkpoint holds the model, optimizer, scheduler, grad scaler, early-stopping
@@ -11,7 +11,7 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +30,38 @@ class TrainingDiverged(MlpipeError):
     pass
 
 
+LogFn = Callable[[dict, int], None]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
+    best_epoch: int = 0  # the epoch whose weights the model ends with (train.keep: last -> the final one)
+    stopped_early: bool = False
+    resumed_from: int = 0  # last epoch restored from a checkpoint; 0 = a fresh start
+    train_seconds: list[float] = field(default_factory=list)  # wall time of each epoch's training steps
+
+    def to_dict(self) -> dict:
+        return {"epochs": self.epochs, "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
+                "resumed_from": self.resumed_from, "train_seconds": self.train_seconds}
+
+
+def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    return None
+
+
 @dataclass
 class LoopState:
     """Early stopping and progress: everything besides weights and RNG that resume needs."""
@@ -37,7 +69,7 @@ class LoopState:
     best: float = math.inf  # best validation loss so far
     bad: int = 0  # epochs since it improved
     best_state: dict | None = None  # model weights of the best epoch
-    history: object = None  # train.History
+    history: History | None = None
     done: bool = False  # stopped early: nothing left to run
 
 
@@ -78,7 +110,7 @@ def set_rng_state(state: dict, g: torch.Generator, device: torch.device) -> None
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _gather_rng(g: torch.Generator, d: distributed.Dist) -> list[dict]:
+def gather_rng(g: torch.Generator, d: distributed.Dist) -> list[dict]:
     """Every rank's RNG state, in rank order (on rank 0; others get their own only)."""
     mine = rng_state(g, d.device)
     if not d.enabled:
@@ -92,7 +124,7 @@ def _cpu(sd: dict) -> dict:
     return {k: v.detach().cpu().clone() for k, v in sd.items()}
 
 
-def _save(writer: checkpoint.Writer, folder: Path, key: str, keep: int, st: LoopState, model, opt, sched, scaler,
+def save_checkpoint(writer: checkpoint.Writer, folder: Path, key: str, keep: int, st: LoopState, model, opt, sched, scaler,
           rngs) -> None:
     """Queue the checkpoint of st.epoch on the writer (it packs and serializes the state before returning)."""
     h = st.history
@@ -190,7 +222,7 @@ def cross_entropy(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> t
     return nn.functional.cross_entropy(logits, yb)
 
 
-def _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn) -> float:
+def train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn) -> float:
     """One epoch -> mean training loss over all ranks. A single CPU process checks the loss every step;
     on a GPU or with several ranks it is checked once at the end of the epoch (a per-step check would
     stall the GPU queue or add an all-reduce to every step), which still raises before any checkpoint."""
@@ -229,19 +261,20 @@ def _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g,
     return total / max(count, 1)
 
 
-def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfig, seed: int,
+def fit(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfig, seed: int,
                augment: Callable | None = None, log: Callable | None = None, progress: bool = True, *,
                dist: distributed.Dist | None = None, checkpoint_dir: str | Path | None = None, resume_key: str = "",
                on_epoch: Callable[[int, dict], None] | None = None, loss_fn: Callable = cross_entropy):
-    """See train.fit. checkpoint_dir: save every cfg.checkpoint_every epochs, at most once per
-    cfg.checkpoint_min_seconds (_checkpoint_due), and resume from the newest good checkpoint whose
-    resume_key matches. on_epoch(epoch, row) runs on every rank after each epoch (raise from it to
-    stop, e.g. an Optuna pruner). loss_fn(logits, xb, yb) -> loss
-    replaces the cross-entropy on the labels (e.g. compress.distill_loss). The model trains on the
-    rank's device (a GPU when there is one) and is handed back on the device it came on."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    """Train in place; on return the model holds the weights cfg.keep picks (the final epoch's, or
+    the lowest validation loss's), on the device it was given on (it trains on a GPU when there is one).
 
-    from components.train import History, _scheduler, seed_everything
+    X_* may be arrays, memmaps (streamed batch by batch) or stream.Rows views. log(metrics, step)
+    is called on rank 0 after each epoch. dist: a DDP rank. checkpoint_dir: save every
+    cfg.checkpoint_every epochs, at most once per cfg.checkpoint_min_seconds (_checkpoint_due), and
+    resume from the newest good checkpoint whose resume_key matches. on_epoch(epoch, row) runs on
+    every rank after each epoch (raise from it to stop, e.g. an Optuna pruner). loss_fn(logits,
+    xb, yb) -> loss replaces the cross-entropy on the labels (e.g. compress.distill_loss)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     d = dist or distributed.single()
     check_precision(cfg.precision, d.device)
@@ -262,7 +295,7 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
         net = torch.compile(net)
     opt = adamw(model.parameters(), cfg, d.device)
     per_rank = -(-cfg.batch_size // d.world)
-    sched = _scheduler(opt, cfg, math.ceil(math.ceil(len(X) / d.world) / per_rank))
+    sched = make_scheduler(opt, cfg, math.ceil(math.ceil(len(X) / d.world) / per_rank))
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     st = LoopState(history=History())
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None and cfg.checkpoint_every > 0 else None
@@ -279,7 +312,7 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
             if st.done:
                 break
             t0 = time.perf_counter()
-            train_loss = _train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn)
+            train_loss = train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn)
             hist.train_seconds.append(time.perf_counter() - t0)
             row = {"train_loss": train_loss, "lr": opt.param_groups[0]["lr"]}
             validated = epoch % cfg.val_every == 0 or epoch == cfg.epochs
@@ -305,9 +338,9 @@ def train_loop(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfi
             hist.stopped_early = st.done
             bar.update(task, advance=1)
             if ckpt is not None and _checkpoint_due(epoch, st.done, cfg, time.monotonic() - last_checkpoint, d):
-                rngs = _gather_rng(g, d)
+                rngs = gather_rng(g, d)
                 if d.is_main:
-                    _save(writer, ckpt, resume_key, cfg.keep_checkpoints, st, model, opt, sched, scaler, rngs)
+                    save_checkpoint(writer, ckpt, resume_key, cfg.keep_checkpoints, st, model, opt, sched, scaler, rngs)
                 last_checkpoint = time.monotonic()
     if st.best_state is not None:
         model.load_state_dict(st.best_state)

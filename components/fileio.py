@@ -1,6 +1,7 @@
-"""Atomic writes: a reader sees the old file/folder or the new one, never half of one."""
+"""Atomic writes (a reader sees the old file/folder or the new one, never half of one) and file locks."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -61,3 +62,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def file_lock(path: str | Path, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive flock on path (released by the kernel if the holder dies); yields False when
+    non-blocking and already held."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

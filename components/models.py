@@ -97,6 +97,12 @@ def model_args(cfg: ModelConfig, feature_shape, n_classes: int, kind: str) -> di
     return {"arch": arch, "args": args}
 
 
+def spec_for(cfg: ModelConfig, meta) -> dict:
+    """The model spec for a dataset: meta is anything with feature_shape, n_classes and kind
+    (data.Meta, tune.TrialData)."""
+    return model_args(cfg, meta.feature_shape, meta.n_classes, meta.kind)
+
+
 def build(spec: dict) -> nn.Module:
     return ARCHS[spec["arch"]](**spec["args"])
 

@@ -144,17 +144,31 @@ def tag_version(name: str, version: str, tags: dict) -> None:
         client.set_model_version_tag(name, version, k, str(v)[:5000])
 
 
-@contextmanager
-def promotion_lock(lock_file: Path):
-    """Serialize gate + alias move across processes on this machine (last-writer-wins otherwise)."""
-    lock_file = Path(lock_file)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def decide_interrupted(name: str) -> list[str]:
+    """Give the versions of `name` that have no decision (their register stage was killed between
+    registering and deciding) the decision "interrupted" -> their version numbers."""
+    client = MlflowClient()
+    try:
+        found = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return []
+    out = []
+    for v in found:
+        if "mlpipe.decision" not in v.tags:
+            tag_version(name, v.version, {"mlpipe.decision": "interrupted", "mlpipe.reasons":
+                                          "the register stage that created it ended before deciding; not promoted"})
+            out.append(str(v.version))
+    return out
+
+
+def promotion_record(name: str, version: str) -> dict:
+    """The gate's outcome for a version as the registry holds it (the source of truth)."""
+    tags = MlflowClient().get_model_version(name, version).tags
+    champion = champion_version(name)
+    return {"model_name": name, "version": str(version), "decision": tags.get("mlpipe.decision"),
+            "promoted": tags.get("mlpipe.decision") == "promoted",
+            "reasons": [r for r in tags.get("mlpipe.reasons", "").split("; ") if r],
+            "champion": None if champion is None else str(champion.version)}
 
 
 def input_shape(pyfunc_model) -> tuple[int, ...]:

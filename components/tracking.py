@@ -5,8 +5,9 @@ callback, never the mlflow module."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +16,8 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from components.config import TrackingConfig
+from components.errors import MlpipeError
+from components.fileio import file_lock
 
 
 def resolve_uri(cfg: TrackingConfig, root: Path) -> str:
@@ -23,19 +26,88 @@ def resolve_uri(cfg: TrackingConfig, root: Path) -> str:
 
 
 def setup(cfg: TrackingConfig, root: Path) -> str:
-    """Point MLflow at the store and experiment; called once by each entry point."""
+    """Point MLflow at the store and experiment; called once by each entry point. A local SQLite
+    store is created (or checked) under a lock beside it, so concurrent first runs share one."""
     uri = resolve_uri(cfg, root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if mlflow.get_experiment_by_name(cfg.experiment) is None:
-        # a local store keeps artifacts beside the database; a server decides for itself
-        location = (Path(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-        try:
-            mlflow.create_experiment(cfg.experiment, artifact_location=location)
-        except mlflow.exceptions.MlflowException:
-            pass  # created by a concurrent run
+    db = sqlite_file(uri)
+    with file_lock(db.with_name(db.name + ".lock")) if db else nullcontext():  # one creator at a time
+        if db:
+            _ensure_sqlite_store(db)
+        if mlflow.get_experiment_by_name(cfg.experiment) is None:
+            # a local store keeps artifacts beside the database; a server decides for itself
+            location = (Path(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+            try:
+                mlflow.create_experiment(cfg.experiment, artifact_location=location)
+            except mlflow.exceptions.MlflowException:
+                pass  # created by a concurrent run on a server
     mlflow.set_experiment(cfg.experiment)
     return uri
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """sqlite:///path/to/mlflow.db -> that file; None for servers and in-memory databases."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path).resolve() if path and path != ":memory:" else None
+
+
+def _ensure_sqlite_store(db: Path) -> None:
+    """Under the store's lock: create a missing store whole, or refuse a broken one.
+
+    MLflow builds its schema in the first process that opens an empty file: ~50 tables and ~80
+    alembic migrations, each committed on its own. Two processes doing that at once collide
+    ("duplicate column name", "table _alembic_tmp_... already exists") and a process killed
+    midway can leave a store no later call opens. So a new schema is built in a private file and
+    renamed into place: the store is either absent or complete. A file that exists but is empty of
+    tables (made by another tool) is left to MLflow, under the lock."""
+    if db.exists() and db.stat().st_size > 0:
+        _refuse_half_migrated(db)
+        return
+    for stale in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        stale.unlink(missing_ok=True)  # left by a deleted store: SQLite would replay them into the new one
+    tmp = db.with_name(f"{db.name}.creating-{os.getpid()}")
+    try:
+        _create_schema(tmp)
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _create_schema(path: Path) -> None:
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    path.unlink(missing_ok=True)
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+    con = sqlite3.connect(path)
+    try:
+        # WAL: readers no longer wait for a writer (parallel tune workers, `mlflow ui`); the mode is
+        # stored in the file. MLflow does not set it. A file system without WAL keeps its rollback journal.
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+def _refuse_half_migrated(db: Path) -> None:
+    """A migration that died midway leaves its _alembic_tmp_ table, and every later one fails on it."""
+    con = sqlite3.connect(db)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        leftover = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+        runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if leftover and "runs" in tables else 0
+    finally:
+        con.close()
+    if leftover:
+        raise MlpipeError(f"{db}: a half-migrated MLflow store (leftover table {leftover[0]}: its creation or an "
+                          f"upgrade was interrupted); it holds {runs} run(s). With none, move it aside and run "
+                          f"again (mlpipe creates a new store); else restore it from a backup")
 
 
 def ui_command(uri: str) -> str:
@@ -67,12 +139,54 @@ def start_parent(experiment: str, name: str, tags: dict, config: dict) -> str:
     """Create the pipeline run (not made active: stages attach to it by id) -> run id."""
     client = MlflowClient()
     exp = mlflow.get_experiment_by_name(experiment)
-    run = client.create_run(exp.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
+    run = client.create_run(exp.experiment_id, run_name=name, tags={**process_tags(), **{k: str(v) for k, v in tags.items()}})
     rid = run.info.run_id
     params = flatten(config)
     client.log_batch(rid, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()])
     client.log_dict(rid, config, "config.json")
     return rid
+
+
+def process_tags() -> dict[str, str]:
+    """Which process a run belongs to, so a later run can tell that it was killed (end_orphans)."""
+    import socket
+
+    import psutil
+
+    return {"mlpipe.host": socket.gethostname(), "mlpipe.pid": str(os.getpid()),
+            "mlpipe.pid_started": f"{psutil.Process().create_time():.2f}"}
+
+
+def _process_alive(pid: int, started: str) -> bool:
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}" == started  # the same pid reused is another process
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def end_orphans(experiment: str) -> list[str]:
+    """End as KILLED the runs of this host left RUNNING by a process that is gone (kill -9, power
+    loss), tagging how they ended -> their run ids. Runs of other hosts are left alone."""
+    import socket
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    client = MlflowClient()
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.`mlpipe.host` = '{host}'"
+    ended = []
+    for run in client.search_runs([exp.experiment_id], query, max_results=1000):
+        t = run.data.tags
+        if "mlpipe.pid" not in t or _process_alive(int(t["mlpipe.pid"]), t.get("mlpipe.pid_started", "")):
+            continue
+        client.set_tag(run.info.run_id, "mlpipe.ended", f"KILLED: process {t['mlpipe.pid']} on {host} was gone "
+                       f"when a later run started ({time.strftime('%Y-%m-%d %H:%M:%S')})")
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    return ended
 
 
 def end_parent(run_id: str, ok: bool, tags: dict | None = None) -> None:
@@ -85,7 +199,7 @@ def stage_run(stage: str, parent_id: str | None, tags: dict | None = None) -> It
     """A child run of the pipeline run (or a top-level run when a stage runs alone, as under
     DVC). A stage that raises leaves its run FAILED. Leaving it waits for the metric_logger
     writes still queued and raises the first that failed."""
-    all_tags = {"mlpipe.stage": stage, **{k: str(v) for k, v in (tags or {}).items()}}  # a server takes strings only
+    all_tags = {"mlpipe.stage": stage, **process_tags(), **{k: str(v) for k, v in (tags or {}).items()}}  # strings only
     with mlflow.start_run(run_name=stage, parent_run_id=parent_id, nested=parent_id is not None, tags=all_tags) as run:
         try:
             yield run.info.run_id

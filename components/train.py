@@ -1,27 +1,25 @@
-"""Training: AdamW, a learning-rate schedule, early stopping on validation loss, seeded.
+"""The training recipe: how every model in mlpipe is trained, by tune, cv, train and compress.
 
-fit() knows nothing about MLflow: it reports through the `log(metrics, step)` callback."""
+Recipe(cfg, X, y, rows) splits `rows` into fit and early-stopping rows (stratified, seeded),
+builds the training-batch augmentation from the fit rows, and Recipe.fit(spec) seeds, builds the
+model and runs the loop (components/engine.py). The loop knows nothing about MLflow: it reports
+through the `log(metrics, step)` callback."""
+
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from components.config import TrainConfig
+from components import augment, engine, models, stream
+from components.config import Config
+from components.engine import History, LogFn, seed_everything
+from components.errors import DataError
 
-LogFn = Callable[[dict, int], None]
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+__all__ = ["History", "LogFn", "Recipe", "predict_logits", "seed_everything", "set_threads", "val_split"]
 
 
 def set_threads(n: int) -> None:
@@ -37,63 +35,56 @@ def val_split(y: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(tr), np.sort(va)
 
 
-@dataclass
-class History:
-    epochs: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
-    best_epoch: int = 0  # the epoch whose weights the model ends with (train.keep: last -> the final one)
-    stopped_early: bool = False
-    resumed_from: int = 0  # last epoch restored from a checkpoint; 0 = a fresh start
-    train_seconds: list[float] = field(default_factory=list)  # wall time of each epoch's training steps
-
-    def to_dict(self) -> dict:
-        return {"epochs": self.epochs, "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
-                "resumed_from": self.resumed_from, "train_seconds": self.train_seconds}
-
-
-def _batches(n: int, batch_size: int, g: torch.Generator | None):
-    order = torch.randperm(n, generator=g) if g is not None else torch.arange(n)
-    for i in range(0, n, batch_size):
-        yield order[i : i + batch_size]
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
     """Logits for X, on the CPU; the batches run wherever the caller put the model (a GPU, say)."""
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device  # no parameters (an ONNX Runtime wrapper): CPU
     x = torch.as_tensor(np.asarray(X, dtype=np.float32))
-    return torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]) if len(x) \
+    return (
+        torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+        if len(x)
         else torch.empty(0)
+    )
 
 
-def _scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
-    total = cfg.epochs * steps_per_epoch
-    if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    return None
+@dataclass
+class Recipe:
+    """Training on rows `rows` of (X, y) (None: all): the fit rows and the early-stopping rows are
+    a stratified, seeded split of them; augmentation statistics come from the fit rows only."""
 
+    cfg: Config
+    X: np.ndarray  # (N, *feature_shape) float32; an array or a memmap (streamed by batch)
+    y: np.ndarray  # (N,) class indices
+    kind: str  # data kind: image | tabular
+    value_range: list[float] | None
+    rows: np.ndarray | None = None
+    fit_rows: np.ndarray = field(init=False)
+    stop_rows: np.ndarray = field(init=False)
 
-def fit(
-    model: nn.Module,
-    X_train: np.ndarray,
-    y_train: np.ndarray,
-    X_val: np.ndarray,
-    y_val: np.ndarray,
-    cfg: TrainConfig,
-    seed: int,
-    augment: Callable | None = None,
-    log: LogFn | None = None,
-    progress: bool = True,
-    **engine,
-) -> History:
-    """Train in place; on return the model holds the weights cfg.keep picks (the final epoch's, or
-    the lowest validation loss's), on the device it was given on (it trains on a GPU when there is one).
+    def __post_init__(self) -> None:
+        self.y = np.asarray(self.y, dtype=np.int64)
+        rows = np.arange(len(self.y)) if self.rows is None else np.asarray(self.rows, dtype=np.int64)
+        try:
+            fit, stop = val_split(self.y[rows], self.cfg.data.val_size, self.cfg.seed)
+        except ValueError as e:  # sklearn: a class too small for a stratified split
+            raise DataError(
+                f"data.val_size: cannot split {len(rows)} training rows for early stopping ({e})"
+            ) from None
+        self.fit_rows, self.stop_rows = rows[fit], rows[stop]
 
-    X_* may be arrays, memmaps (streamed batch by batch) or stream.Rows views. Optional engine
-    keywords (components/engine.py): dist (a DDP rank), checkpoint_dir + resume_key (atomic
-    checkpoints, exact resume), on_epoch(epoch, row) (e.g. an Optuna pruner)."""
-    from components.engine import train_loop
+    def augmentation(self):
+        """The training-batch transform (None when augmentation is off)."""
+        sample = self.X[self.fit_rows[:10_000]]  # build_augment reads at most 10,000 rows
+        return augment.build_augment(self.cfg.augment, self.kind, sample, self.value_range)
 
-    return train_loop(model, X_train, y_train, X_val, y_val, cfg, seed, augment, log, progress, **engine)
+    def fit(self, spec: dict, log: LogFn | None = None, progress: bool = False, **loop) -> tuple[nn.Module, History]:
+        """Seed, build the model from spec, train it -> (model, history). `loop` goes to
+        engine.fit: dist, checkpoint_dir, resume_key, on_epoch, loss_fn."""
+        seed_everything(self.cfg.seed)  # weight init is part of the seeded run
+        model = models.build(spec)
+        aug = self.augmentation()
+        X_fit, X_stop = stream.Rows(self.X, self.fit_rows), stream.Rows(self.X, self.stop_rows)
+        hist = engine.fit(model, X_fit, self.y[self.fit_rows], X_stop, self.y[self.stop_rows], self.cfg.train,
+                          self.cfg.seed, augment=aug, log=log, progress=progress, **loop)
+        return model, hist

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
-from components import augment, cv, models, train
+from components import cv, models, train
 from components.config import AugmentConfig, Config
 from components.errors import ConfigError, MlpipeError
 from components.fileio import write_json
@@ -96,13 +96,9 @@ def study_name(cfg: Config, data_hash: str, dataset: str) -> str:
     return f"mlpipe-{dataset}-{digest}"
 
 
-def journal_path(root: Path) -> Path:
-    return Path(root) / ".mlpipe" / "optuna" / "journal.log"
-
-
-def storage_url(cfg: Config, root: Path) -> str:
-    """What `optuna-dashboard` and the workers open: a database URL or the journal file path."""
-    return cfg.tune.storage or str(journal_path(root).resolve())
+def storage_url(cfg: Config, journal: Path) -> str:
+    """What `optuna-dashboard` and the workers open: tune.storage (a database URL) or the journal file."""
+    return cfg.tune.storage or str(Path(journal).resolve())
 
 
 def _with_driver(url: str) -> str:
@@ -114,7 +110,7 @@ def _with_driver(url: str) -> str:
     return url
 
 
-def make_storage(cfg: Config, root: Path):
+def make_storage(cfg: Config, journal: Path):
     """Journal file (several processes on one machine; no heartbeat), or an RDB URL with
     Optuna's heartbeat: a trial silent for 4 heartbeats is failed and retried (twice at most)."""
     t = cfg.tune
@@ -131,7 +127,7 @@ def make_storage(cfg: Config, root: Path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    path = journal_path(root)
+    path = Path(journal)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
 
@@ -204,23 +200,6 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return out
 
 
-@contextmanager
-def file_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
-    """An exclusive flock (released by the kernel if the holder dies); yields False when
-    non-blocking and already held."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def run_one(study: optuna.Study, objective, n_trials: int, lock_path: Path) -> bool:
     """Run one more trial if the budget allows: finished + running trials < n_trials.
     The count and Optuna's ask happen under one lock, so parallel workers never overshoot;
@@ -263,6 +242,10 @@ class TrialData:
     classes: list[str]
     feature_shape: list[int]
 
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
 
 def _reporter(trial: optuna.Trial, cfg: Config, log: train.LogFn | None) -> train.LogFn:
     """Per-epoch callback: log, report the metric to Optuna, raise TrialPruned when told to."""
@@ -285,11 +268,11 @@ def _reporter(trial: optuna.Trial, cfg: Config, log: train.LogFn | None) -> trai
 def objective(trial: optuna.Trial, cfg: Config, data: TrialData, log: train.LogFn | None = None) -> float:
     """Train one suggested config; -> the holdout (or mean k-fold) score of cfg.tune.metric.
     A non-finite loss prunes the trial with the reason in user_attrs['pruned_reason']."""
-    spec0 = models.model_args(cfg.model, data.feature_shape, len(data.classes), data.kind)
+    spec0 = models.spec_for(cfg.model, data)
     overrides = search_space(trial, cfg, spec0["arch"])
     trial.set_user_attr("overrides", overrides)
     tcfg = apply_overrides(cfg, {**overrides, "train.val_every": 1})  # a trial reports every epoch (pruning)
-    spec = models.model_args(tcfg.model, data.feature_shape, len(data.classes), data.kind)
+    spec = models.spec_for(tcfg.model, data)
     report = _reporter(trial, cfg, log)
     try:
         if cfg.tune.objective == "cv":
@@ -299,12 +282,7 @@ def objective(trial: optuna.Trial, cfg: Config, data: TrialData, log: train.LogF
             s = cv.summarize(folds)
             attrs = {"val_accuracy": s["accuracy_mean"], "val_loss": s["loss_mean"], "val_accuracy_std": s["accuracy_std"]}
         else:
-            tr, va = train.val_split(data.y, tcfg.data.val_size, tcfg.seed)
-            train.seed_everything(tcfg.seed)
-            model = models.build(spec)
-            aug = augment.build_augment(tcfg.augment, data.kind, data.X[tr], data.value_range)
-            hist = train.fit(model, data.X[tr], data.y[tr], data.X[va], data.y[va], tcfg.train, tcfg.seed,
-                             augment=aug, log=report, progress=False)
+            _, hist = train.Recipe(tcfg, data.X, data.y, data.kind, data.value_range).fit(spec, log=report)
             best = hist.epochs[hist.best_epoch - 1]
             attrs = {"val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"], "best_epoch": hist.best_epoch,
                      "epochs_run": len(hist.epochs)}

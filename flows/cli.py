@@ -17,6 +17,8 @@ out = Console()
 
 PARAMS = typer.Option("params.yaml", "--params", "-p", help="Config file (shared with DVC).")
 SETS = typer.Option(None, "--set", "-s", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
+NO_WAIT = typer.Option(False, "--no-wait", help="Fail at once (exit 2) when another run holds this project folder, "
+                       "instead of waiting for it.")
 
 
 def _env() -> None:
@@ -47,7 +49,8 @@ def _config(params: Path, sets: list[str] | None):
 
 @app.command()
 def run(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
-        refresh: bool = typer.Option(False, "--refresh", help="Ignore cached stage results and run every stage.")):
+        refresh: bool = typer.Option(False, "--refresh", help="Ignore cached stage results and run every stage."),
+        no_wait: bool = NO_WAIT):
     """Run the whole pipeline as a Prefect flow and print a summary."""
     _env()
     _config(params, sets)  # fail fast, before Prefect starts
@@ -55,7 +58,8 @@ def run(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
     from flows.pipeline import pipeline
 
     try:
-        result = pipeline(params=str(params), overrides=list(sets or []), root=str(Path.cwd()), refresh=refresh)
+        result = pipeline(params=str(params), overrides=list(sets or []), root=str(Path.cwd()), refresh=refresh,
+                          wait=not no_wait)
     except MlpipeError as e:
         _fail(e)
     table = Table(title="mlpipe run", show_header=False)
@@ -66,22 +70,26 @@ def run(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
 
 @app.command()
 def stage(name: str = typer.Argument(..., help="ingest | validate | augment | tune | cv | train | evaluate | compress | register"),
-          params: Path = PARAMS, sets: Optional[list[str]] = SETS):
+          params: Path = PARAMS, sets: Optional[list[str]] = SETS, no_wait: bool = NO_WAIT):
     """Run one stage on its own (each dvc.yaml stage calls this)."""
     _env()
-    from flows.stages import RUNNERS
+    from flows import stages
 
-    if name not in RUNNERS:
-        _fail(ValueError(f"unknown stage {name!r}; expected one of {', '.join(RUNNERS)}"))
+    if name not in stages.BY_NAME:
+        _fail(ValueError(f"unknown stage {name!r}; expected one of {', '.join(stages.BY_NAME)}"))
     cfg = _config(params, sets)
     from components import tracking
     from components.errors import MlpipeError
-    from flows.stages import Paths
+    from flows.paths import Paths
+
+    from flows.locks import command_line, project_lock
 
     paths = Paths(Path.cwd())
     try:
-        tracking.setup(cfg.tracking, paths.root)
-        result = RUNNERS[name](cfg, paths, os.environ.get("MLPIPE_PARENT_RUN_ID"))
+        with project_lock(paths, command_line(), wait=not no_wait, say=lambda m: err.print(m, highlight=False)):
+            tracking.setup(cfg.tracking, paths.root)
+            tracking.end_orphans(cfg.tracking.experiment)
+            result = stages.get(name).run(cfg, paths, os.environ.get("MLPIPE_PARENT_RUN_ID"))
     except MlpipeError as e:
         _fail(e)
     out.print(f"[green]{name}[/] done: {result}", highlight=False)
@@ -90,23 +98,36 @@ def stage(name: str = typer.Argument(..., help="ingest | validate | augment | tu
 @app.command()
 def predict(input: Path = typer.Argument(..., help="An .npz (array X), a CSV of feature columns, or a folder of images."),
             model: str = typer.Option(..., "--model", "-m", help="Model URI: models:/NAME@champion, models:/NAME/VERSION, runs:/ID/model."),
-            params: Path = PARAMS):
-    """Print one prediction per input row or image."""
+            params: Path = PARAMS,
+            skip_invalid: bool = typer.Option(False, "--skip-invalid",
+                                              help="Leave out rows with NaN or infinite values (listed on stderr) "
+                                                   "instead of stopping; the rest keep their row numbers.")):
+    """Print one prediction per input row or image (rows named by their number in the file, from 0)."""
     _env()
     cfg = _config(params, None) if params.exists() else None
-    from components import registry, tracking
-    from components.config import TrackingConfig
-    from components.errors import MlpipeError
-    from flows.inputs import read_inputs
+    import numpy as np
 
+    from components import registry, tracking
+    from components.config import DataConfig, TrackingConfig
+    from components.errors import MlpipeError
+    from flows.inputs import drop_rows, read_inputs
+
+    data = cfg.data if cfg else DataConfig()
+    skipped: list[str] | None = [] if skip_invalid else None
     try:
         tracking.setup(cfg.tracking if cfg else TrackingConfig(), Path.cwd())
         clf = registry.load(model)
         shape = registry.input_shape(clf)
-        names, X = read_inputs(input, shape, cfg.data.label_column if cfg else "label")
+        names, X = read_inputs(input, shape, data.label_column, data.max_pixels, skipped)
         pred = clf.predict(X)
+        # finite inputs far outside the training range can still overflow the logits
+        conf = pred["confidence"].to_numpy()
+        names, pred = drop_rows(names, pred, ~np.isfinite(conf), "where the model's output is not finite "
+                                "(values far outside the training data?)", input, skipped)
     except MlpipeError as e:
         _fail(e)
+    if skipped:
+        err.print(f"skipped {len(skipped)} invalid row(s): {', '.join(skipped)}", highlight=False, soft_wrap=True)
     out.print("input,class,confidence", highlight=False)
     for n, c, p in zip(names, pred["class"], pred["confidence"]):
         out.print(f"{n},{c},{p:.4f}", highlight=False)
@@ -143,9 +164,10 @@ def serve(params: Path = PARAMS,
     _config(params, None)
     from components.errors import MlpipeError
     from flows import servers
+    from flows.paths import Paths
 
     try:
-        started = servers.serve_all(Path.cwd(), params, mlflow_port, prefect_port, deploy=not no_deploy)
+        started = servers.serve_all(Paths(Path.cwd()), params, mlflow_port, prefect_port, deploy=not no_deploy)
     except MlpipeError as e:
         _fail(e)
     for s in started:
@@ -157,8 +179,9 @@ def serve(params: Path = PARAMS,
 def stop():
     """Stop the servers started by `mlpipe serve` in this folder."""
     from flows import servers
+    from flows.paths import Paths
 
-    names = servers.stop_all(Path.cwd())
+    names = servers.stop_all(Paths(Path.cwd()))
     out.print(f"stopped: {', '.join(names) or 'nothing was running'}", highlight=False)
 
 
@@ -172,7 +195,10 @@ def dashboard(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
     from components.errors import MlpipeError
 
     cfg = _config(params, sets) if params.exists() else load_config(None, sets or [])
-    storage = cfg.tune.storage or str((Path.cwd() / ".mlpipe" / "optuna" / "journal.log").resolve())
+    from components.tune import storage_url
+    from flows.paths import Paths
+
+    storage = storage_url(cfg, Paths(Path.cwd()).optuna_journal)
     args = [str(Path(sys.executable).parent / "optuna-dashboard"), storage, "--host", host, "--port", str(port)]
     if not cfg.tune.storage:
         if not Path(storage).exists():

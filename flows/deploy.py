@@ -3,20 +3,16 @@ params.yaml's `schedule` section (cron + timezone) with the flow parameters fixe
 
 - schedule.work_pool null: served in-process (`flow.serve`), one machine, no worker needed.
 - schedule.work_pool NAME: registered with a work pool; a worker (process, Docker, Kubernetes)
-  runs it from the project folder (process pools) or the project image (prefect.yaml, infra/).
-
-Promotion is serialized across machines by a Prefect global concurrency limit when a Prefect
-server is configured (promotion_slot), on top of registry.promotion_lock on one machine."""
+  runs it from the project folder (process pools) or the project image (prefect.yaml, infra/)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 from components.config import Config
 from components.errors import MlpipeError
+from flows.locks import prefect_server_configured
 
 ENTRYPOINT = "flows/pipeline.py:pipeline"
-PROMOTION_LIMIT = "mlpipe-promotion"  # global concurrency limit, 1 slot: one gate + alias move at a time
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -62,39 +58,3 @@ def to_pool(cfg: Config, params: Path, sets: list[str] | None, root: Path, image
 
         return str(pipeline.deploy(image=image, build=False, push=False, **kwargs))
     return str(flow.from_source(source=str(REPO), entrypoint=ENTRYPOINT).deploy(**kwargs))
-
-
-def prefect_server_configured() -> bool:
-    from prefect.settings import PREFECT_API_URL
-
-    return bool(PREFECT_API_URL.value())
-
-
-def ensure_promotion_limit() -> None:
-    """Create the 1-slot limit once; a concurrent creator winning the race is fine."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(PROMOTION_LIMIT)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=PROMOTION_LIMIT, limit=1))
-            except ObjectAlreadyExists:
-                pass
-
-
-@contextmanager
-def promotion_slot(timeout_s: float = 1800):
-    """Hold the cluster-wide promotion slot while registering (no-op without a Prefect server:
-    the ephemeral API is per process, the file lock covers one machine)."""
-    if not prefect_server_configured():
-        yield
-        return
-    from prefect.concurrency.sync import concurrency
-
-    ensure_promotion_limit()
-    with concurrency(PROMOTION_LIMIT, occupy=1, timeout_seconds=timeout_s, strict=True):
-        yield

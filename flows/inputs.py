@@ -1,41 +1,104 @@
-"""Reading prediction inputs from disk into the model's input shape."""
+"""Reading prediction inputs from disk into the model's input shape.
+
+Rows are named by their position in the file (0 = the first data row), so that output lines keep
+their input's number when invalid rows are left out."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
+from components.config import DataConfig
 from components.data import IMAGE_SUFFIXES, read_image
 from components.errors import DataError
 
+MAX_PIXELS = DataConfig().max_pixels
+SHOWN = 10  # row numbers listed in a message
 
-def read_inputs(path: Path, shape: tuple[int, ...], label_column: str = "label") -> tuple[list[str], np.ndarray]:
-    """-> (a name per row, X of shape (N, *shape) float32)."""
+
+def read_inputs(path: Path, shape: tuple[int, ...], label_column: str = "label", max_pixels: int = MAX_PIXELS,
+                skipped: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """-> (a name per row, X of shape (N, *shape) float32, N >= 1, every value finite).
+
+    A row with NaN or inf is an error naming it; with a `skipped` list it is left out and its name
+    appended there instead."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: input not found")
     if path.is_dir():
-        if len(shape) != 3:
-            raise DataError(f"{path}: an image folder needs an image model; this model takes shape {list(shape)}")
-        c, h, w = shape
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"{path}: no PNG/JPEG images found")
-        return [str(f.relative_to(path)) for f in files], np.stack([read_image(f, (h, w), c == 1) for f in files])
+        return _read_images(path, shape, max_pixels)
     if path.suffix == ".npz":
+        X = _read_npz(path)
+    elif path.suffix in (".csv", ".parquet"):
+        X = _read_table(path, label_column)
+    else:
+        raise DataError(f"{path}: unsupported input; expected .npz, .csv, .parquet or a folder of images")
+    if len(X) == 0:
+        raise DataError(f"{path}: no rows to predict (0 rows)")
+    n = int(np.prod(shape))
+    width = X.reshape(len(X), -1).shape[1]
+    if width != n:
+        raise DataError(f"{path}: rows have {width} values, model expects {n} (shape {list(shape)})")
+    X = X.reshape((len(X), *shape))
+    names = [str(i) for i in range(len(X))]
+    return drop_rows(names, X, ~np.isfinite(X.reshape(len(X), -1)).all(1), "with NaN or infinite values", path, skipped)
+
+
+def drop_rows(names: list[str], X, bad: np.ndarray, why: str, path: Path, skipped: list[str] | None):
+    """Leave out the rows where bad is True: an error naming them, or (with a skipped list) their
+    names appended there. -> (names, X) of the rows kept; none kept is an error."""
+    if not bad.any():
+        return names, X
+    rows = [n for n, b in zip(names, bad) if b]
+    listed = ", ".join(rows[:SHOWN]) + (f", ... ({len(rows)} in all)" if len(rows) > SHOWN else "")
+    if skipped is None:
+        raise DataError(f"{path}: {len(rows)} row(s) {why}: row{'s' if len(rows) > 1 else ''} {listed} "
+                        f"(numbered from 0); fix them, or pass --skip-invalid to leave them out")
+    if bad.all():
+        raise DataError(f"{path}: every row ({len(rows)}) {why}; nothing to predict")
+    skipped += rows
+    keep = ~bad
+    return [n for n, k in zip(names, keep) if k], X[keep]
+
+
+def _read_images(path: Path, shape: tuple[int, ...], max_pixels: int) -> tuple[list[str], np.ndarray]:
+    if len(shape) != 3:
+        raise DataError(f"{path}: an image folder needs an image model; this model takes shape {list(shape)}")
+    c, h, w = shape
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{path}: no PNG/JPEG images found")
+    X = np.stack([read_image(f, (h, w), c == 1, max_pixels) for f in files])
+    return [str(f.relative_to(path)) for f in files], X
+
+
+def _read_npz(path: Path) -> np.ndarray:
+    try:
         with np.load(path, allow_pickle=False) as z:
             if "X" not in z.files:
                 raise DataError(f"{path}: missing array 'X'; found {sorted(z.files)}")
-            X = z["X"].astype(np.float32)
-    elif path.suffix in (".csv", ".parquet"):
-        import pandas as pd
+            X = z["X"]
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    if X.ndim == 0 or not np.issubdtype(X.dtype, np.number):
+        raise DataError(f"{path}: X must be a numeric array with one row per input; "
+                        f"got dtype {X.dtype}, shape {X.shape}")
+    return X.astype(np.float32)
 
+
+def _read_table(path: Path, label_column: str) -> np.ndarray:
+    import pandas as pd
+
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (no header, no rows)")
+    try:
         df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-        X = df.drop(columns=[label_column], errors="ignore").to_numpy(np.float32)
-    else:
-        raise DataError(f"{path}: unsupported input; expected .npz, .csv, .parquet or a folder of images")
-    n = int(np.prod(shape))
-    if X.size % n or X.reshape(len(X), -1).shape[1] != n:
-        raise DataError(f"{path}: rows have {X.reshape(len(X), -1).shape[1]} values, model expects {n} (shape {list(shape)})")
-    return [str(i) for i in range(len(X))], X.reshape((len(X), *shape))
-
+    except Exception as e:  # noqa: BLE001  pandas/pyarrow raise many types for unreadable files
+        raise DataError(f"{path}: cannot read as {path.suffix[1:]} ({type(e).__name__}: {e})") from None
+    if df.empty:
+        raise DataError(f"{path}: no rows to predict (header only: {len(df.columns)} column(s), 0 rows)")
+    features = df.drop(columns=[label_column], errors="ignore")
+    bad = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if bad:
+        raise DataError(f"{path}: feature columns must be numeric; not numeric: {bad}")
+    return features.to_numpy(np.float32)

@@ -1,8 +1,8 @@
 """The Prefect flow: a short script of stage tasks.
 
-Stage results are cached on (data hash, the config sections the stage reads, the code), so a
-re-run after a failure skips the stages that finished. Ingest always runs (it computes the data
-hash); register is never cached: it changes the registry."""
+Stage results are cached on (data hash, the config keys the stage reads, the code), as the stage
+table (flows/stages/__init__.py) says, so a re-run after a failure skips the stages that finished.
+Ingest always runs (it computes the data hash); register is never cached: it changes the registry."""
 from __future__ import annotations
 
 import hashlib
@@ -18,39 +18,39 @@ from prefect.tasks import exponential_backoff
 from components import tracking
 from components.config import Config, load_config
 from components.errors import MlpipeError
-from flows import stages
-from flows.stages import Paths
-from flows.deploy import promotion_slot
-
-# the config sections each cached stage reads: a change elsewhere keeps its cache. Ingest is
-# not cached: its source file can change under the same config; later stages key on its data hash.
-STAGE_CONFIG = {
-    "validate": ("validate",),
-    "augment": ("augment",),
-    "tune": ("seed", "data", "augment", "model", "train", "tune", "cv"),
-    "cv": ("seed", "data", "augment", "model", "train", "cv"),
-    "train": ("seed", "data", "augment", "model", "train"),
-    "evaluate": (),
-    "compress": ("seed", "data", "augment", "train", "compress"),
-}
+from components.fileio import write_json
+from flows.locks import command_line, project_lock
+from flows.paths import Paths
+from flows.provenance import run_tags
+from flows.stages import BY_NAME, Stage
 
 
 @cache
 def code_hash() -> str:
     h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for f in sorted([*(here.parent / "components").glob("*.py"), *here.glob("*.py")]):
+    repo = Path(__file__).resolve().parents[1]
+    for f in sorted([*(repo / "components").glob("*.py"), *(repo / "flows").rglob("*.py")]):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
-def _cache_key(stage: str):
+def config_slice(cfg: Config, keys: tuple[str, ...]) -> dict:
+    """The values of config keys ("train", "data.val_size") -> {key: value}."""
+    d = cfg.to_dict()
+    out = {}
+    for key in keys:
+        v = d
+        for part in key.split("."):
+            v = v[part]
+        out[key] = v
+    return out
+
+
+def _cache_key(stage: Stage):
     def key(_ctx, params: dict) -> str:
-        cfg: Config = params["cfg"]
-        d = cfg.to_dict()
-        material = {"stage": stage, "config": {k: d[k] for k in STAGE_CONFIG[stage]},
-                    "upstream": params.get("upstream"), "root": str(params["paths"].root.resolve()), "code": code_hash()}
-        return f"mlpipe-{stage}-" + hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        material = {"stage": stage.name, "config": config_slice(params["cfg"], stage.reads),
+                    "upstream": params.get("upstream"), "root": str(params["paths"].root), "code": code_hash()}
+        return f"mlpipe-{stage.name}-" + hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
     return key
 
@@ -66,67 +66,52 @@ def _transient(_task, _run, state) -> bool:
     return False
 
 
-def _stage_task(stage: str, retries: int = 0):
-    opts = dict(name=stage, retries=retries, retry_condition_fn=_transient if retries else None)
-    if stage in STAGE_CONFIG:
+def _task(stage: Stage):
+    """The Prefect task of a stage, as the table describes it."""
+    def run(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
+        return stage.run(cfg, paths, parent)
+
+    opts = dict(name=stage.name, retries=stage.retries, retry_condition_fn=_transient if stage.retries else None)
+    if stage.cached:
         opts.update(cache_key_fn=_cache_key(stage), persist_result=True)
-    if retries:
+    if stage.retries:
         opts.update(retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_jitter_factor=0.5)
-    return task(**opts)
+    return task(**opts)(run)
 
 
-@_stage_task("ingest", retries=2)
-def ingest(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
-    return stages.run_ingest(cfg, paths, parent)
+TASKS = {name: _task(stage) for name, stage in BY_NAME.items()}
 
 
-@_stage_task("validate")
-def validate(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
-    return stages.run_validate(cfg, paths, parent)
+def output_hashes(paths: Paths, stage: Stage) -> dict[str, str | None]:
+    """Content hash of each file or folder the stage writes (None: missing)."""
+    out = {}
+    for w in stage.writes:
+        path = getattr(paths, w)
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path] if path.exists() else []
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+        out[w] = h.hexdigest()[:16] if files else None
+    return out
 
 
-@_stage_task("augment")
-def augment(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
-    return stages.run_augment(cfg, paths, parent)
-
-
-@_stage_task("tune")
-def tune(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
-    return stages.run_tune(cfg, paths, parent)
-
-
-@_stage_task("cv")
-def cv(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
-    return stages.run_cv(cfg, paths, parent)
-
-
-@_stage_task("train")
-def train(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
-    return stages.run_train(cfg, paths, parent)
-
-
-@_stage_task("evaluate")
-def evaluate(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
-    return stages.run_evaluate(cfg, paths, parent)
-
-
-@_stage_task("compress")
-def compress(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
-    return stages.run_compress(cfg, paths, parent)
-
-
-@_stage_task("register", retries=2)
-def register(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
-    with promotion_slot():  # cluster-wide, when a Prefect server is configured; the file lock covers one machine
-        return stages.run_register(cfg, paths, parent)
-
-
-def _call(t, cfg: Config, paths: Paths, upstream: dict, parent: str, refresh: bool) -> dict:
-    """Run a stage task; a cached result is trusted only while the stage's files exist."""
-    missing = any(not p.exists() for p in paths.outputs(t.name))
-    storage = paths.state / "prefect-results"
-    storage.mkdir(parents=True, exist_ok=True)
-    return t.with_options(refresh_cache=refresh or missing, result_storage=storage)(cfg, paths, upstream, parent)
+def _call(name: str, cfg: Config, paths: Paths, upstream: dict, parent: str, refresh: bool) -> dict:
+    """Run a stage task. A cached result is reused only when the files the stage wrote are still
+    the ones it wrote then: their content hashes, recorded after each run under the cache key,
+    are checked first (another run in this folder may have replaced them)."""
+    stage, t = BY_NAME[name], TASKS[name]
+    stale = True
+    manifest = None
+    if stage.cached:
+        key = _cache_key(stage)(None, {"cfg": cfg, "paths": paths, "upstream": upstream})
+        manifest = paths.cache_manifest(key)
+        stale = not manifest.exists() or json.loads(manifest.read_text()) != output_hashes(paths, stage)
+    paths.prefect_results.mkdir(parents=True, exist_ok=True)
+    result = t.with_options(refresh_cache=refresh or stale, result_storage=paths.prefect_results)(cfg, paths, upstream, parent)
+    if manifest is not None:
+        write_json(manifest, output_hashes(paths, stage))
+    return result
 
 
 def _tune_rows(out: dict) -> list[tuple[str, str]]:
@@ -158,26 +143,40 @@ def summarize(out: dict) -> list[tuple[str, str]]:
 
 
 @flow(name="mlpipe", log_prints=True)
-def pipeline(params: str = "params.yaml", overrides: list[str] | None = None, root: str = ".", refresh: bool = False) -> dict:
-    """ingest -> validate (GX gate) -> augment -> tune -> cv -> train -> evaluate -> compress -> register/promote."""
+def pipeline(params: str = "params.yaml", overrides: list[str] | None = None, root: str = ".", refresh: bool = False,
+             wait: bool = True) -> dict:
+    """ingest -> validate (GX gate) -> augment -> tune -> cv -> train -> evaluate -> compress -> register/promote.
+    One run per project folder at a time: a second one waits (wait False: fails, naming the holder)."""
     cfg = load_config(params, overrides or [])
-    paths = Paths(Path(root).resolve())
+    paths = Paths(root)
+    with project_lock(paths, command_line(), wait):
+        return run_stages(cfg, paths, refresh)
+
+
+def run_stages(cfg: Config, paths: Paths, refresh: bool) -> dict:
     uri = tracking.setup(cfg.tracking, paths.root)
-    tags = {**stages.run_tags(cfg, paths), "mlpipe.prefect_flow_run_id": flow_run.get_id() or "none"}
+    tracking.end_orphans(cfg.tracking.experiment)  # runs a killed process left RUNNING
+    tags = {**run_tags(cfg, paths.root), "mlpipe.prefect_flow_run_id": flow_run.get_id() or "none"}
     parent = tracking.start_parent(cfg.tracking.experiment, f"pipeline-{flow_run.get_name() or 'local'}", tags, cfg.to_dict())
     out: dict = {"run_id": parent, "tracking_uri": uri}
+
+    def stage(name: str, upstream: dict) -> dict:
+        if "ingest" in out:  # every cached stage keys on the data it sees, whatever its direct upstream says
+            upstream = {"data_hash": out["ingest"]["data_hash"], "from": upstream}
+        out[name] = _call(name, cfg, paths, upstream, parent, refresh)
+        return out[name]
+
     try:
-        out["ingest"] = _call(ingest, cfg, paths, {}, parent, refresh)
-        tracking.set_tags({"mlpipe.data_hash": out["ingest"]["data_hash"], "mlflow.note.content": f"data {out['ingest']['data_hash']}"}, run_id=parent)
-        out["validate"] = _call(validate, cfg, paths, out["ingest"], parent, refresh)
-        out["augment"] = _call(augment, cfg, paths, out["ingest"], parent, refresh)
-        out["tune"] = _call(tune, cfg, paths, {"data": out["ingest"], "augment": out["augment"]}, parent, refresh)
-        out["cv"] = _call(cv, cfg, paths, out["tune"], parent, refresh)
-        out["train"] = _call(train, cfg, paths, {"data": out["ingest"], "augment": out["augment"], "tune": out["tune"]}, parent, refresh)
-        out["evaluate"] = _call(evaluate, cfg, paths, out["train"], parent, refresh)
-        tracking.log_metrics(out["evaluate"], run_id=parent)
-        out["compress"] = _call(compress, cfg, paths, out["train"], parent, refresh)
-        out["register"] = register(cfg, paths, out["evaluate"], parent)
+        data = stage("ingest", {})
+        tracking.set_tags({"mlpipe.data_hash": data["data_hash"], "mlflow.note.content": f"data {data['data_hash']}"}, run_id=parent)
+        stage("validate", data)
+        aug = stage("augment", data)
+        tuned = stage("tune", {"data": data, "augment": aug})
+        stage("cv", tuned)
+        trained = stage("train", {"data": data, "augment": aug, "tune": tuned})
+        tracking.log_metrics(stage("evaluate", trained), run_id=parent)
+        stage("compress", trained)
+        stage("register", out["evaluate"])
     except BaseException as e:
         tracking.end_parent(parent, ok=False, tags={"mlpipe.error": f"{type(e).__name__}: {e}"})
         raise

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.errors import MlpipeError
+from flows.paths import Paths
 
 HOST = "127.0.0.1"
 
@@ -190,28 +191,24 @@ def stop(*pids: int, timeout: float = 15.0) -> None:
 
 # --- `mlpipe serve` / `mlpipe stop`: background servers with pid files ------------------------
 
-def pid_dir(root: Path) -> Path:
-    return Path(root) / ".mlpipe" / "servers"
+def write_pid(paths: Paths, server: Server) -> None:
+    paths.server_pid(server.name).write_text(f"{server.pid}\n{server.url}\n")
 
 
-def write_pid(root: Path, server: Server) -> None:
-    (pid_dir(root) / f"{server.name}.pid").write_text(f"{server.pid}\n{server.url}\n")
-
-
-def running(root: Path) -> dict[str, Server]:
+def running(paths: Paths) -> dict[str, Server]:
     """The servers whose pid file points at a live process."""
     out = {}
-    for f in sorted(pid_dir(root).glob("*.pid")):
+    for f in sorted(paths.servers.glob("*.pid")):
         pid, url = (f.read_text().split("\n") + [""])[:2]
-        s = Server(f.stem, url.strip(), int(pid), pid_dir(root) / f"{f.stem}.log")
+        s = Server(f.stem, url.strip(), int(pid), paths.server_log(f.stem))
         if s.alive():
             out[s.name] = s
     return out
 
 
-def stop_all(root: Path) -> list[str]:
+def stop_all(paths: Paths) -> list[str]:
     """Stop every server with a pid file, all at once -> names stopped."""
-    files = sorted(pid_dir(root).glob("*.pid"))
+    files = sorted(paths.servers.glob("*.pid"))
     pids = {f.stem: int(f.read_text().split("\n")[0]) for f in files}
     alive = {name: pid for name, pid in pids.items() if _alive(pid)}
     stop(*alive.values())
@@ -220,12 +217,11 @@ def stop_all(root: Path) -> list[str]:
     return list(alive)
 
 
-def serve_all(root: Path, params: Path, mlflow_port: int = 5000, prefect_port: int = 4200, deploy: bool = True) -> list[Server]:
+def serve_all(paths: Paths, params: Path, mlflow_port: int = 5000, prefect_port: int = 4200, deploy: bool = True) -> list[Server]:
     """MLflow + Prefect servers and the deployment's serve process, in the background."""
-    root = Path(root).resolve()
-    if running(root):
-        raise ServerError(f"servers already running ({', '.join(running(root))}); run `mlpipe stop` first")
-    state = pid_dir(root)
+    if running(paths):
+        raise ServerError(f"servers already running ({', '.join(running(paths))}); run `mlpipe stop` first")
+    state = paths.servers
     state.mkdir(parents=True, exist_ok=True)
     started: list[Server] = []
     try:
@@ -233,18 +229,18 @@ def serve_all(root: Path, params: Path, mlflow_port: int = 5000, prefect_port: i
             _port_free(port)
         started += [launch_mlflow(state, mlflow_port), launch_prefect(state, prefect_port)]
         for s in started:
-            write_pid(root, s)
+            write_pid(paths, s)
         start_both(*started)
         if deploy:
             env = {"PREFECT_API_URL": started[1].url, "MLFLOW_TRACKING_URI": started[0].url}
-            pid = launch("deploy", [tool("mlpipe"), "deploy", "--params", str(params)], state / "deploy.log", env, cwd=root)
-            started.append(Server("deploy", started[1].url, pid, state / "deploy.log"))
-            write_pid(root, started[-1])
+            pid = launch("deploy", [tool("mlpipe"), "deploy", "--params", str(params)], paths.server_log("deploy"), env, cwd=paths.root)
+            started.append(Server("deploy", started[1].url, pid, paths.server_log("deploy")))
+            write_pid(paths, started[-1])
             from components.config import load_config
 
             wait_healthy(started[-1], f"/deployments/name/mlpipe/{load_config(params).schedule.name}")
     except BaseException:
-        stop_all(root)
+        stop_all(paths)
         raise
     return started
 

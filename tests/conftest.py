@@ -113,6 +113,16 @@ def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> s
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def client_for(project: Path):
+    """An MLflow client on the project's default local store (mlflow.db)."""
+    import mlflow
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.tracking.MlflowClient()
+
+
 def make_images(root: Path, n_per_class: int = 12, size: int = 10, classes=("bar", "dot"), rgb=False, seed=0) -> Path:
     """A tiny image-folder dataset: class 'bar' has a vertical bar, 'dot' a centre blob."""
     from PIL import Image

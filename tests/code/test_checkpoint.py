@@ -36,7 +36,7 @@ def run(tmp_path=None, cfg=CFG, X=None, y=None, **kw):
     X, y = (X, y) if X is not None else blobs()
     m = mlp()
     ckpt = None if tmp_path is None else tmp_path / "ckpt"
-    hist = train.fit(m, X[:200], y[:200], X[200:], y[200:], cfg, 0, progress=False, checkpoint_dir=ckpt, resume_key="k", **kw)
+    hist = engine.fit(m, X[:200], y[:200], X[200:], y[200:], cfg, 0, progress=False, checkpoint_dir=ckpt, resume_key="k", **kw)
     return hist, m
 
 
@@ -124,7 +124,7 @@ def test_a_packed_file_with_a_bad_index_is_skipped_as_corrupt(tmp_path):
     packed["tensors"][0][2] = 99  # more values than its buffer holds; the digest is valid
     buf = io.BytesIO()
     torch.save({"format": checkpoint.FORMAT, "epoch": 2, **packed}, buf)
-    bad = checkpoint._store(tmp_path, 2, buf.getbuffer(), keep=3)
+    bad = checkpoint.store(tmp_path, 2, buf.getbuffer(), keep=3)
     with pytest.warns(checkpoint.CheckpointWarning, match=bad.name + ".*cannot be read"):
         state, path = checkpoint.load_latest(tmp_path)
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(2))
@@ -196,7 +196,7 @@ def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
     m = mlp()
     X, y = blobs()
     with pytest.warns(checkpoint.CheckpointWarning, match="another configuration"):
-        hist = train.fit(m, X[:200], y[:200], X[200:], y[200:], CFG, 0, progress=False,
+        hist = engine.fit(m, X[:200], y[:200], X[200:], y[200:], CFG, 0, progress=False,
                          checkpoint_dir=tmp_path / "ckpt", resume_key="other")
     assert hist.resumed_from == 0 and [e.epoch for e in checkpoint.entries(tmp_path / "ckpt")][-1] == CFG.epochs
 
@@ -229,10 +229,10 @@ def test_memmap_streaming_matches_in_memory(tmp_path, monkeypatch):
     np.testing.assert_allclose(std, X[:200].std(0, ddof=1), rtol=1e-5)
     h_mem, m_mem = run()
     m = mlp()
-    h_map = train.fit(m, view, y[:200], stream.Rows(mm, np.arange(200, 240)), y[200:], CFG, 0, progress=False)
+    h_map = engine.fit(m, view, y[:200], stream.Rows(mm, np.arange(200, 240)), y[200:], CFG, 0, progress=False)
     assert [r["val_accuracy"] for r in h_map.epochs] == [r["val_accuracy"] for r in h_mem.epochs]
     np.testing.assert_allclose([r["train_loss"] for r in h_map.epochs], [r["train_loss"] for r in h_mem.epochs], rtol=1e-4)
-    h_workers = train.fit(mlp(), view, y[:200], stream.Rows(mm, np.arange(200, 240)), y[200:],
+    h_workers = engine.fit(mlp(), view, y[:200], stream.Rows(mm, np.arange(200, 240)), y[200:],
                           CFG.model_copy(update={"loader_workers": 2}), 0, progress=False)
     assert [r["train_loss"] for r in h_workers.epochs] == [r["train_loss"] for r in h_map.epochs]
 
@@ -269,7 +269,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_mixed_precision_on_cuda_trains_like_fp32(precision):
     X, y = blobs()
     m, seen = mlp(), set()
-    h_mixed = train.fit(m, X[:200], y[:200], X[200:], y[200:], CFG.model_copy(update={"precision": precision}), 0,
+    h_mixed = engine.fit(m, X[:200], y[:200], X[200:], y[200:], CFG.model_copy(update={"precision": precision}), 0,
                         progress=False, on_epoch=lambda e, row: seen.add(next(m.parameters()).device.type))
     h32, _ = run()
     assert seen == {"cuda"} and next(m.parameters()).device.type == "cpu"  # trained on the GPU, handed back where it came from
@@ -293,7 +293,7 @@ def test_keep_decides_the_final_weights_and_early_stopping(keep):
     y_val = (y[200:] + 1) % 3  # validation labels that contradict the training ones: val loss rises as it learns
     m, per_epoch = mlp(), {}
     cfg = CFG.model_copy(update={"epochs": 12, "patience": 2, "keep": keep})
-    hist = train.fit(m, X[:200], y[:200], X[200:], y_val, cfg, 0, progress=False,
+    hist = engine.fit(m, X[:200], y[:200], X[200:], y_val, cfg, 0, progress=False,
                      on_epoch=lambda e, row: per_epoch.__setitem__(e, {k: v.cpu().clone() for k, v in m.state_dict().items()}))
     losses = [row["val_loss"] for row in hist.epochs]
     if keep == "last":  # the whole schedule, the final epoch's weights
@@ -318,7 +318,7 @@ def test_val_every_validates_on_its_epochs_and_the_last_and_leaves_the_weights_a
     y_val = (y[200:] + 1) % 3  # contradicting labels: the validation loss rises as the model learns
     m = mlp()
     cfg = CFG.model_copy(update={"epochs": 20, "patience": 2, "keep": "best", "val_every": 2})
-    hist = train.fit(m, X[:200], y[:200], X[200:], y_val, cfg, 0, progress=False)
+    hist = engine.fit(m, X[:200], y[:200], X[200:], y_val, cfg, 0, progress=False)
     assert hist.best_epoch % 2 == 0 and hist.stopped_early
     assert len(hist.epochs) == hist.best_epoch + 2 * 2  # two validations without improvement, 2 epochs apart
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from components import cv, models, train
+from components import cv, engine, models, stream
 from components.config import load_config
 from components.errors import DataError
 
@@ -19,6 +19,12 @@ def table(n_per_class=12, k=3, seed=0):
     y = np.repeat(np.arange(k), n_per_class).astype(np.int64)
     X = np.column_stack([np.arange(len(y)) * 1000.0, rng.normal(size=(len(y), 3)) + y[:, None] * 3.0]).astype(np.float32)
     return X, y
+
+
+def rows_of(X) -> np.ndarray:
+    """The rows a stream.Rows view (or an array) stands for, as an array."""
+    view = stream.as_view(X)
+    return view.take(view.rows(np.arange(len(view))))
 
 
 def ids(X) -> set[int]:
@@ -39,7 +45,7 @@ def test_class_smaller_than_folds_fails_before_any_training(monkeypatch):
     X, y = table()
     y = np.array([0] * 22 + [1] * 2 + [2] * 12)  # class "b" has only 2 rows
     calls = []
-    monkeypatch.setattr(train, "fit", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(engine, "fit", lambda *a, **k: calls.append(1))
     cfg = load_config(None, SETS)
     with pytest.raises(DataError) as e:
         cv.cross_validate(X, y, models.model_args(cfg.model, [4], 3, "tabular"), cfg, "tabular", None, ["a", "b", "c"])
@@ -52,7 +58,7 @@ def test_no_held_out_row_reaches_training(monkeypatch):
     the normalization statistics all come from the training fold."""
     X, y = table()
     cfg = load_config(None, SETS)
-    real_fit = train.fit
+    real_fit = engine.fit
     seen = []
 
     def spy_fit(model, X_tr, y_tr, X_va, y_va, tcfg, seed, augment=None, **kw):
@@ -63,11 +69,12 @@ def test_no_held_out_row_reaches_training(monkeypatch):
             return augment(xb, g)
 
         hist = real_fit(model, X_tr, y_tr, X_va, y_va, tcfg, seed, augment=spy_aug, **kw)
+        X_tr, X_va = rows_of(X_tr), rows_of(X_va)
         seen.append({"fit": ids(X_tr), "stop": ids(X_va), "aug": ids(torch.cat(batches).numpy()) if batches else set(),
-                     "mean": model.norm.mean.clone(), "X_tr": np.array(X_tr)})
+                     "mean": model.norm.mean.clone(), "X_tr": X_tr})
         return hist
 
-    monkeypatch.setattr(train, "fit", spy_fit)
+    monkeypatch.setattr(engine, "fit", spy_fit)
     folds = cv.cross_validate(X, y, models.model_args(cfg.model, [4], 3, "tabular"), cfg, "tabular", None, ["a", "b", "c"])
     assert len(folds) == len(seen) == 3
     for fold, s in zip(folds, seen):

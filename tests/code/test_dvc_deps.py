@@ -1,10 +1,11 @@
 """dvc.yaml lists, as deps of each stage, every project file whose code the stage runs, so that
 `dvc repro` re-runs a stage after a change to that code instead of keeping stale outputs.
 
-The code a stage runs is found from the source: its `run_<stage>` function in flows/stages.py
-(the names it uses, the helpers it calls, the modules it imports), then every project module
-those modules import, at any level of the file. flows/stages.py itself is followed per function,
-not per module: its top-level imports serve all stages at once."""
+The code a stage runs is found from the source: its module flows/stages/<stage>.py, then every
+project module those modules import, at any level of the file (imports inside functions too).
+
+dvc.yaml's `params` and `outs` are checked against the stage table (flows/stages/__init__.py):
+the config keys each stage reads and the catalog paths (flows/paths.py) it writes."""
 from __future__ import annotations
 
 import ast
@@ -18,8 +19,7 @@ from tests.conftest import REPO
 # (and params.yaml must equal the config defaults, tests/code/test_config.py); the rest is error
 # types, atomic file writing, MLflow logging and the command line.
 NEUTRAL = {"components/config.py", "components/errors.py", "components/fileio.py", "components/tracking.py",
-           "components/__init__.py", "flows/__init__.py", "flows/cli.py"}
-STAGES_PY = "flows/stages.py"
+           "components/__init__.py", "flows/__init__.py", "flows/cli.py", "flows/stages/__init__.py"}
 
 
 def _file(module: str) -> str | None:
@@ -48,37 +48,22 @@ def _module_closure(files: set[str]) -> set[str]:
         if f in seen:
             continue
         seen.add(f)
-        if f == STAGES_PY:
-            continue  # analysed per function (stage_code), not as a whole module
         tree = ast.parse((REPO / f).read_text())
         todo += [p for m in _imports(tree).values() if (p := _file(m)) is not None]
     return seen
 
 
 def stage_code(stage: str) -> set[str]:
-    tree = ast.parse((REPO / STAGES_PY).read_text())
-    top = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    module_names = _imports(ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))],
-                                       type_ignores=[]))
-    files, seen, todo = {STAGES_PY}, set(), [f"run_{stage}"]
-    while todo:
-        fn = top[todo.pop()]
-        seen.add(fn.name)
-        local = _imports(fn)
-        for n in ast.walk(fn):
-            if isinstance(n, ast.Name):
-                if n.id in top and n.id not in seen:
-                    todo.append(n.id)
-                elif n.id in module_names and (p := _file(module_names[n.id])):
-                    files.add(p)
-        files |= {p for m in local.values() if (p := _file(m))}
-    return _module_closure(files)
+    return _module_closure({f"flows/stages/{stage}.py"})
+
+
+def _dvc() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
 def test_every_stage_lists_the_code_it_runs_as_deps():
-    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     missing = {}
-    for stage, spec in dvc.items():
+    for stage, spec in _dvc().items():
         deps = set(spec.get("deps", []))
         need = stage_code(stage) - NEUTRAL
         if need - deps:
@@ -89,7 +74,39 @@ def test_every_stage_lists_the_code_it_runs_as_deps():
 def test_the_dependency_finder_follows_helpers_local_imports_and_module_imports():
     """The finder itself, on stages whose code paths are known."""
     train = stage_code("train")
-    assert {"flows/train_worker.py", "components/engine.py", "components/checkpoint.py", "components/tune.py"} <= train
+    assert {"flows/stages/train_worker.py", "components/engine.py", "components/checkpoint.py",
+            "components/tune.py"} <= train
     assert "components/compress.py" not in train and "components/validate.py" not in train
-    augment = stage_code("augment")  # _preview is a helper in flows/stages.py
+    augment = stage_code("augment")  # matplotlib's preview is imported inside a function
     assert {"components/augment.py", "components/data.py"} <= augment and "components/engine.py" not in augment
+
+
+def _paths(entries) -> set[str]:
+    return {next(iter(e)) if isinstance(e, dict) else e for e in entries or []}
+
+
+def test_dvc_stages_params_and_outs_are_the_stage_table():
+    """One table: dvc.yaml names the same stages, in the same order, reading the same config keys
+    and writing the same catalog paths as flows/stages/__init__.py says."""
+    from flows.paths import Paths
+    from flows.stages import STAGES
+
+    paths = Paths(REPO)
+    dvc = _dvc()
+    assert list(dvc) == [s.name for s in STAGES]
+    for s in STAGES:
+        spec = dvc[s.name]
+        assert spec["cmd"].split("#")[0].strip() == f"mlpipe stage {s.name}"
+        assert list(spec.get("params") or []) == list(s.reads), f"{s.name}: dvc.yaml params differ from the stage table"
+        written = _paths(spec.get("outs")) | _paths(spec.get("metrics")) | _paths(spec.get("plots"))
+        assert written == {paths.relative(getattr(paths, w)) for w in s.writes}, f"{s.name}: dvc.yaml outs differ"
+
+
+def test_every_config_key_a_stage_reads_exists():
+    from components.config import load_config
+    from flows.pipeline import config_slice
+    from flows.stages import STAGES
+
+    cfg = load_config(None)
+    for s in STAGES:
+        assert set(config_slice(cfg, s.reads)) == set(s.reads)

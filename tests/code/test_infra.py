@@ -109,8 +109,8 @@ def test_k8s_manifests_worker_job_and_secret_refs():
     (trainer,) = job["spec"]["template"]["spec"]["containers"]
     args = " ".join(trainer["args"])
     assert trainer["command"] == ["torchrun"] and f"--nnodes={job['spec']['completions']}" in args
-    assert "--node-rank=$(JOB_COMPLETION_INDEX)" in args and "flows.train_worker" in args
-    assert (REPO / "flows" / "train_worker.py").exists()
+    assert "--node-rank=$(JOB_COMPLETION_INDEX)" in args and "flows.stages.train_worker" in args
+    assert (REPO / "flows" / "stages" / "train_worker.py").exists()
     svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "mlpipe-train")
     assert svc["spec"]["clusterIP"] == "None" and job["spec"]["template"]["spec"]["subdomain"] == "mlpipe-train"
     for d in docs:

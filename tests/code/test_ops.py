@@ -14,6 +14,7 @@ from components import models
 from components.config import load_config
 from components.errors import ConfigError, MlpipeError
 from flows import servers
+from flows.paths import Paths
 from tests.conftest import REPO
 
 
@@ -48,15 +49,16 @@ def test_sqlite_wal_is_set_in_the_file(tmp_path):
 
 
 def test_stop_all_stops_process_groups_and_clears_pid_files(tmp_path):
-    pid_dir = servers.pid_dir(tmp_path)
+    paths = Paths(tmp_path)
+    pid_dir = paths.servers
     pid_dir.mkdir(parents=True)
     # a parent with a child in its own session, like a server and its workers
     proc = subprocess.Popen([sys.executable, "-c", "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)"],
                             start_new_session=True)
-    servers.write_pid(tmp_path, servers.Server("mlflow", "http://127.0.0.1:1", proc.pid, pid_dir / "mlflow.log"))
+    servers.write_pid(paths, servers.Server("mlflow", "http://127.0.0.1:1", proc.pid, pid_dir / "mlflow.log"))
     (pid_dir / "prefect.pid").write_text("999999999\nhttp://x\n")  # stale: that process is gone
-    assert set(servers.running(tmp_path)) == {"mlflow"}
-    assert servers.stop_all(tmp_path) == ["mlflow"]
+    assert set(servers.running(Paths(tmp_path))) == {"mlflow"}
+    assert servers.stop_all(paths) == ["mlflow"]
     proc.wait(timeout=5)
     assert not list(pid_dir.glob("*.pid"))
     with pytest.raises(ProcessLookupError):
@@ -71,8 +73,8 @@ def test_serve_refuses_a_busy_port(tmp_path):
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(servers.ServerError, match=f"port {port}"):
-            servers.serve_all(tmp_path, REPO / "params.yaml", mlflow_port=port, prefect_port=servers.free_port(), deploy=False)
-    assert not servers.running(tmp_path)
+            servers.serve_all(Paths(tmp_path), REPO / "params.yaml", mlflow_port=port, prefect_port=servers.free_port(), deploy=False)
+    assert not servers.running(Paths(tmp_path))
 
 
 class _Evil:

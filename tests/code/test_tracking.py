@@ -52,5 +52,26 @@ def test_tags_and_metrics_for_another_run_land_on_it(store):
         tracking.set_tags({"mlpipe.a": 1, "mlpipe.b": "x"}, run_id=parent)
     run = store.get_run(parent)
     assert run.data.metrics == {"test_accuracy": 0.99}
-    assert {k: v for k, v in run.data.tags.items() if k.startswith("mlpipe.")} == {"mlpipe.stage": "pipeline",
-                                                                                   "mlpipe.a": "1", "mlpipe.b": "x"}
+    own = {k: v for k, v in run.data.tags.items() if k.startswith("mlpipe.")}
+    assert own == {"mlpipe.stage": "pipeline", "mlpipe.a": "1", "mlpipe.b": "x", **tracking.process_tags()}
+
+
+def test_end_orphans_ends_only_runs_whose_process_is_gone(store):
+    """A run tagged with a dead pid is ended KILLED with a tag saying why; a live process's run and a
+    run of another host are left RUNNING."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("t").experiment_id
+    me = tracking.process_tags()
+    gone = client.create_run(exp, tags={**me, "mlpipe.pid": str(dead.pid)}).info.run_id
+    alive = client.create_run(exp, tags=me).info.run_id
+    elsewhere = client.create_run(exp, tags={**me, "mlpipe.host": "another-host", "mlpipe.pid": str(dead.pid)}).info.run_id
+    assert tracking.end_orphans("t") == [gone]
+    assert client.get_run(gone).info.status == "KILLED" and "was gone" in client.get_run(gone).data.tags["mlpipe.ended"]
+    assert client.get_run(alive).info.status == client.get_run(elsewhere).info.status == "RUNNING"

@@ -7,6 +7,7 @@ import textwrap
 import uuid
 
 import numpy as np
+from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -123,7 +124,7 @@ def test_trial_child_run_holds_every_epoch_params_and_state(tmp_path):
 
     from components import tracking
     from components.config import TrackingConfig
-    from flows.tuning import tracked_objective
+    from flows.stages.tune_worker import tracked_objective
 
     tracking.setup(TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}"), tmp_path)
     cfg = load_config(None, [*TINY, "tune.epochs=[3,3]", "train.patience=10"])
@@ -169,7 +170,7 @@ def test_unrelated_errors_fail_the_trial():
 
 def test_stale_running_trial_is_failed_and_retried(tmp_path):
     cfg = load_config(None, TINY)
-    storage = tune.make_storage(cfg, tmp_path)
+    storage = tune.make_storage(cfg, tmp_path / 'journal.log')
     study = tune.open_study(cfg, "s", storage)
     dead = study.ask()  # a worker took this trial and was killed
     dead.suggest_float("lr", 1e-3, 1e-2, log=True)
@@ -187,7 +188,7 @@ def test_stale_running_trial_is_failed_and_retried(tmp_path):
 
 def test_budget_counts_finished_trials_of_earlier_runs(tmp_path):
     cfg = load_config(None)
-    study = tune.open_study(cfg, "b", tune.make_storage(cfg, tmp_path))
+    study = tune.open_study(cfg, "b", tune.make_storage(cfg, tmp_path / 'journal.log'))
     for _ in range(3):
         tune.run_one(study, lambda t: t.suggest_float("x", 0, 1), 3, tmp_path / "lock")
     ran = 0
@@ -232,7 +233,7 @@ WORKER = textwrap.dedent("""
     sets = [f"tune.storage={storage_arg}"] if storage_arg != "journal" else []
     cfg = load_config(None, sets)
     from pathlib import Path
-    study = tune.open_study(cfg, "parallel", tune.make_storage(cfg, Path(root)), worker)
+    study = tune.open_study(cfg, "parallel", tune.make_storage(cfg, Path(root) / 'journal.log'), worker)
     (Path(root) / f"ready-{worker}").touch()  # both start together: on a fast machine one could finish all 12 first
     deadline = time.monotonic() + 60
     while not all((Path(root) / f"ready-{i}").exists() for i in (0, 1)) and time.monotonic() < deadline:
@@ -250,7 +251,7 @@ WORKER = textwrap.dedent("""
 def run_two_workers(storage_arg: str, root) -> list[int]:
     """As the tune stage does: create the study (and a database's schema) first, then start workers."""
     cfg = load_config(None, [f"tune.storage={storage_arg}"] if storage_arg != "journal" else [])
-    storage = tune.make_storage(cfg, root)
+    storage = tune.make_storage(cfg, Path(root) / 'journal.log')
     tune.open_study(cfg, "parallel", storage)
     if hasattr(storage, "engine"):
         storage.engine.dispose()
@@ -271,7 +272,7 @@ def check_study(study: optuna.Study, per_worker: list[int]) -> None:
 def test_two_workers_share_a_journal_study(tmp_path):
     per_worker = run_two_workers("journal", tmp_path)
     cfg = load_config(None)
-    check_study(optuna.load_study(study_name="parallel", storage=tune.make_storage(cfg, tmp_path)), per_worker)
+    check_study(optuna.load_study(study_name="parallel", storage=tune.make_storage(cfg, tmp_path / 'journal.log')), per_worker)
 
 
 @pytest.fixture
@@ -297,7 +298,7 @@ def postgres_url():
 def test_two_workers_share_a_postgres_study(tmp_path, postgres_url):
     per_worker = run_two_workers(postgres_url, tmp_path)
     cfg = load_config(None, [f"tune.storage={postgres_url}"])
-    storage = tune.make_storage(cfg, tmp_path)
+    storage = tune.make_storage(cfg, tmp_path / 'journal.log')
     check_study(optuna.load_study(study_name="parallel", storage=storage), per_worker)
     storage.engine.dispose()  # let the fixture drop the database
 
@@ -305,4 +306,4 @@ def test_two_workers_share_a_postgres_study(tmp_path, postgres_url):
 def test_bad_storage_url_is_a_config_error(tmp_path):
     cfg = load_config(None, ["tune.storage=nosuchdb://x"])
     with pytest.raises(ConfigError, match="tune.storage"):
-        tune.make_storage(cfg, tmp_path)
+        tune.make_storage(cfg, tmp_path / 'journal.log')

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from components import registry, tracking
 from components.config import load_config
 from flows import stages
-from flows.stages import Paths
+from flows.paths import Paths
 from tests.conftest import cli, write_params
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ SHRUNK = {
 
 
 def _stages(cfg, paths, names):
-    return {n: stages.RUNNERS[n](cfg, paths, None) for n in names}
+    return {n: stages.get(n).run(cfg, paths, None) for n in names}
 
 
 def test_compress_register_and_objective(project):
@@ -72,7 +72,7 @@ def test_compress_register_and_objective(project):
 
     # another objective: no new versions (dedup by file hash), the chosen version carries the decision
     cfg2 = load_config(params, ["promote.objective=smallest_within_budget"])
-    again = stages.run_register(cfg2, paths, None)
+    again = stages.get("register").run(cfg2, paths, None)
     smallest = min((r for r in table if r["accepted"]), key=lambda r: r["size_bytes"])
     assert again["variant"] == smallest["variant"] and again["variants"] == reg["variants"]
     assert len(client.search_model_versions(f"name='{name}'")) == len(accepted)

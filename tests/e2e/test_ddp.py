@@ -15,7 +15,8 @@ import pytest
 from components import models, train
 from components.config import load_config
 from components.distributed import single
-from flows import train_worker
+from flows.paths import Paths
+from flows.stages import train_worker
 from tests.conftest import BIN, child_processes, cli, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -63,7 +64,7 @@ def runs(tmp_path_factory):
     data.save_prepared(data.ingest(cfg.data, cfg.seed), prepared)
 
     one = _project(base, "one", prepared, 1)
-    train_worker.train_model(load_config(one / "params.yaml"), one, single(), progress=False)
+    train_worker.train_model(load_config(one / "params.yaml"), Paths(one), single(), progress=False)
     two = _project(base, "two", prepared, 2)
     r = cli("stage", "train", cwd=two)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -114,7 +115,7 @@ def test_killed_rank_is_restarted_and_resumes_to_the_same_result(runs):
     root = _project(runs["base"], "killrank", runs["prepared"], 2)
     proc = _start_train(root)
     _wait_for_epoch(root, proc, 2)
-    ranks = child_processes(proc.pid, "flows.train_worker")
+    ranks = child_processes(proc.pid, "flows.stages.train_worker")
     victim = next(p for p in ranks if p.environ().get("RANK") == "1")
     victim.send_signal(signal.SIGKILL)
     out, _ = proc.communicate(timeout=240)

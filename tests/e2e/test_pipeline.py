@@ -7,22 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from flows.stages import STAGES
-from tests.conftest import cli, make_images
+from flows.stages import BY_NAME as STAGES
+from tests.conftest import cli, client_for, make_images
 
 pytestmark = pytest.mark.slow
 # tuning, CV and compression have their own end-to-end tests; here they run as no-op stages
 FAST = ["--set", "tune.enabled=false", "--set", "cv.enabled=false", "--set", "compress.enabled=false"]
 SHRUNK = ["--set", "train.epochs=3", "--set", "promote.accuracy_floor=0.5", *FAST]
-
-
-def client_for(project):
-    import mlflow
-
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return mlflow.tracking.MlflowClient()
 
 
 def versions(client, name):

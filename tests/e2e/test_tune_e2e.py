@@ -53,7 +53,7 @@ def states(study) -> dict[str, int]:
 
 def test_killed_worker_then_rerun_completes_the_budget(project):
     # worker 0 runs in the stage's process and starts trials at once; the budget leaves trials for
-    # worker 1 (a `python -m flows.tuning` process), which is killed inside one of its trials
+    # worker 1 (a `python -m flows.stages.tune_worker` process), which is killed inside one of its trials
     write_params(project, **{**SHRUNK, "tune": {**SHRUNK["tune"], "n_trials": 12, "epochs": [3, 4], "pruner": "none"}})
     prepare(project)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(project / ".prefect")}
@@ -65,7 +65,7 @@ def test_killed_worker_then_rerun_completes_the_budget(project):
         journal = project / ".mlpipe" / "optuna" / "journal.log"
         if journal.exists() and journal.stat().st_size:
             study = journal_study(project)
-            workers = {c.pid for c in child_processes(stage.pid, "flows.tuning")}
+            workers = {c.pid for c in child_processes(stage.pid, "flows.stages.tune_worker")}
             busy = [t.user_attrs["worker_pid"] for t in study.get_trials(states=(TrialState.RUNNING,))
                     if t.user_attrs.get("worker_pid") in workers]
             if busy and states(study).get("COMPLETE", 0) >= 1:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from components import augment, data, evaluate, models, train
+from components import data, engine, evaluate, models, train
 from components.config import load_config
 
 SETS = ["train.epochs=8", "train.patience=8"]
@@ -12,13 +12,8 @@ SETS = ["train.epochs=8", "train.patience=8"]
 def fit_digits(seed=0):
     cfg = load_config(None, SETS + [f"seed={seed}"])
     ds = data.ingest(cfg.data, cfg.seed)
-    tr, va = train.val_split(ds.y_train, cfg.data.val_size, cfg.seed)
-    spec = models.model_args(cfg.model, ds.meta.feature_shape, ds.meta.n_classes, ds.meta.kind)
-    train.seed_everything(cfg.seed)
-    model = models.build(spec)
-    aug = augment.build_augment(cfg.augment, "image", ds.X_train[tr], ds.meta.value_range)
-    hist = train.fit(model, ds.X_train[tr], ds.y_train[tr], ds.X_train[va], ds.y_train[va], cfg.train, cfg.seed,
-                     augment=aug, progress=False)
+    recipe = train.Recipe(cfg, ds.X_train, ds.y_train, ds.meta.kind, ds.meta.value_range)
+    model, hist = recipe.fit(models.spec_for(cfg.model, ds.meta))
     return model, ds, hist
 
 
@@ -63,10 +58,10 @@ def test_same_seed_same_weights():
     ds = data.ingest(cfg.data, 0)
     out = []
     for _ in range(2):
-        spec = models.model_args(cfg.model, ds.meta.feature_shape, ds.meta.n_classes, ds.meta.kind)
+        spec = models.spec_for(cfg.model, ds.meta)
         train.seed_everything(0)
         m = models.build(spec)
-        train.fit(m, ds.X_train[:400], ds.y_train[:400], ds.X_train[400:500], ds.y_train[400:500], cfg.train, 0, progress=False)
+        engine.fit(m, ds.X_train[:400], ds.y_train[:400], ds.X_train[400:500], ds.y_train[400:500], cfg.train, 0, progress=False)
         out.append(m.state_dict())
     for k in out[0]:
         torch.testing.assert_close(out[0][k], out[1][k], rtol=0, atol=0)
