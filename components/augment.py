@@ -1,5 +1,6 @@
 """Augmentation of training batches, on the fly. Never applied to validation or test data:
 the training loop is the only caller, and only on its training batches."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,8 @@ class ImageAugment:
         if cfg.shift or cfg.rotation:
             angle = (torch.rand(B, generator=g) * 2 - 1) * math.radians(cfg.rotation)
             # affine_grid works in [-1, 1] units: one pixel is 2/size
-            tx = (torch.randint(-cfg.shift, cfg.shift + 1, (B,), generator=g) * 2.0 / W)
-            ty = (torch.randint(-cfg.shift, cfg.shift + 1, (B,), generator=g) * 2.0 / H)
+            tx = torch.randint(-cfg.shift, cfg.shift + 1, (B,), generator=g) * 2.0 / W
+            ty = torch.randint(-cfg.shift, cfg.shift + 1, (B,), generator=g) * 2.0 / H
             cos, sin = torch.cos(angle), torch.sin(angle)
             theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
             grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
@@ -40,8 +41,12 @@ class ImageAugment:
             left = torch.randint(0, W - s + 1, (B,), generator=g)
             rows = torch.arange(H)[None, :, None]
             cols = torch.arange(W)[None, None, :]
-            hole = ((rows >= top[:, None, None]) & (rows < top[:, None, None] + s)
-                    & (cols >= left[:, None, None]) & (cols < left[:, None, None] + s))
+            hole = (
+                (rows >= top[:, None, None])
+                & (rows < top[:, None, None] + s)
+                & (cols >= left[:, None, None])
+                & (cols < left[:, None, None] + s)
+            )
             x = x.masked_fill(hole[:, None], 0.0)
         return x
 
@@ -76,8 +81,13 @@ def describe(cfg: AugmentConfig, kind: str) -> dict:
     if not cfg.enabled:
         return {"kind": kind, "transforms": []}
     if kind == "image":
-        t = [("shift_px", cfg.shift), ("rotation_deg", cfg.rotation), ("flip", cfg.flip),
-             ("noise_std", cfg.noise_std), ("cutout_px", cfg.cutout)]
+        t = [
+            ("shift_px", cfg.shift),
+            ("rotation_deg", cfg.rotation),
+            ("flip", cfg.flip),
+            ("noise_std", cfg.noise_std),
+            ("cutout_px", cfg.cutout),
+        ]
     else:
         t = [("tabular_noise_std", cfg.tabular_noise_std)]
     return {"kind": kind, "transforms": [{"name": n, "value": v} for n, v in t if v]}

@@ -11,6 +11,7 @@ gives each one's place and shape. torch.save spends ~35 us of CPU per tensor rec
 of the default CNN with its AdamW moments took 3.7 ms as records, 1.0 ms packed (BENCHMARKS.md,
 issue 4), nearly all of it in the pickler. Serialization runs on the training thread (Writer), so
 that time is training's own."""
+
 from __future__ import annotations
 
 import hashlib
@@ -117,6 +118,7 @@ def pack(state: dict) -> dict:
 
 def _unpack(state: dict, path: Path) -> dict:
     """A packed file's contents -> the state tree with its tensors (each its own copy)."""
+
     def fill(obj):
         is_ref = isinstance(obj, dict) and len(obj) == 1 and _REF in obj
         return tensors[obj[_REF]] if is_ref else _GO_ON
@@ -178,8 +180,11 @@ class Writer:
     (_background_priority); False keeps the process's (for comparison)."""
 
     def __init__(self, background: bool = True) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer",
-                                        initializer=_background_priority if background else None)
+        self._pool = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="checkpoint-writer",
+            initializer=_background_priority if background else None,
+        )
         self._pending: Future | None = None
 
     def submit(self, folder: str | Path, epoch: int, state: dict, keep: int) -> None:
@@ -197,7 +202,7 @@ class Writer:
         finally:
             self._pool.shutdown(wait=True)
 
-    def __enter__(self) -> "Writer":
+    def __enter__(self) -> Writer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -206,7 +211,7 @@ class Writer:
             return
         try:  # training already failed: that error is the one to raise; a write error is reported beside it
             self.close()
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - the run's own outcome is the one to report
             warnings.warn(f"the last checkpoint could not be written: {err}", CheckpointWarning, stacklevel=2)
 
 
@@ -241,10 +246,13 @@ def read(entry: Entry) -> dict:
         if what is not None:
             raise CheckpointError(
                 f"{entry.path}: refused: the checkpoint contains a pickled object ({what}); "
-                "checkpoints may hold only tensors and plain data (loaded with weights_only=True)") from None
+                "checkpoints may hold only tensors and plain data (loaded with weights_only=True)"
+            ) from None
         raise _Corrupt(f"{entry.path}: checkpoint cannot be read ({e})") from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise _Corrupt(f"{entry.path}: checkpoint cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise _Corrupt(
+            f"{entry.path}: checkpoint cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, UNPACKED):
         raise _Corrupt(f"{entry.path}: not an mlpipe checkpoint (expected format {FORMAT})")
     return _unpack(state, entry.path) if state["format"] == FORMAT else state
@@ -262,8 +270,11 @@ def load_latest(folder: str | Path, key: str | None = None) -> tuple[dict, Path]
             warnings.warn(f"{err}; falling back to the previous checkpoint", CheckpointWarning, stacklevel=2)
             continue
         if key is not None and state.get("key") != key:
-            warnings.warn(f"{e.path}: checkpoint belongs to another configuration or dataset; not resuming from it",
-                          CheckpointWarning, stacklevel=2)
+            warnings.warn(
+                f"{e.path}: checkpoint belongs to another configuration or dataset; not resuming from it",
+                CheckpointWarning,
+                stacklevel=2,
+            )
             return None
         return state, e.path
     return None

@@ -10,14 +10,15 @@ Serialization: pruned, structured and distilled variants are ordinary mlpipe mod
 save/load: tensors + constructor args, read with weights_only=True). int8 variants are ONNX files
 (a protobuf of graph + tensors, no code) carrying the spec and class names as metadata; they run
 in ONNX Runtime. Neither format unpickles code. Figures come from components/measure.py."""
+
 from __future__ import annotations
 
 import copy
 import itertools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -101,14 +102,35 @@ def distill_loss(teacher: nn.Module, alpha: float, temperature: float):
     return loss
 
 
-def distill(student: nn.Module, teacher: nn.Module, X_tr, y_tr, X_va, y_va, cfg: TrainConfig, seed: int,
-            augment=None, alpha: float = 0.9, temperature: float = 4.0) -> None:
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    X_tr,
+    y_tr,
+    X_va,
+    y_va,
+    cfg: TrainConfig,
+    seed: int,
+    augment=None,
+    alpha: float = 0.9,
+    temperature: float = 4.0,
+) -> None:
     """Fine-tune `student` in place on distill_loss through the training loop (engine.fit: cfg's lr
     schedule, divergence checks, the weights of the epoch with the lowest validation loss)."""
     from components import engine
 
-    engine.fit(student, X_tr, y_tr, X_va, y_va, cfg, seed, augment=augment, progress=False,
-              loss_fn=distill_loss(teacher, alpha, temperature))
+    engine.fit(
+        student,
+        X_tr,
+        y_tr,
+        X_va,
+        y_va,
+        cfg,
+        seed,
+        augment=augment,
+        progress=False,
+        loss_fn=distill_loss(teacher, alpha, temperature),
+    )
 
 
 def fine_tuner(X_tr, y_tr, X_va, y_va, seed: int, augment, cfg: CompressConfig) -> FitFn:
@@ -118,7 +140,9 @@ def fine_tuner(X_tr, y_tr, X_va, y_va, seed: int, augment, cfg: CompressConfig) 
 
     def fit(model: nn.Module, tcfg: TrainConfig, teacher: nn.Module | None = None) -> None:
         if teacher is not None and cfg.distill_alpha > 0:
-            distill(model, teacher, X_tr, y_tr, X_va, y_va, tcfg, seed, augment, cfg.distill_alpha, cfg.distill_temperature)
+            distill(
+                model, teacher, X_tr, y_tr, X_va, y_va, tcfg, seed, augment, cfg.distill_alpha, cfg.distill_temperature
+            )
         else:
             engine.fit(model, X_tr, y_tr, X_va, y_va, tcfg, seed, augment=augment, progress=False)
 
@@ -147,7 +171,9 @@ def prune_unstructured(model: nn.Module, cfg: CompressConfig, fit: FitFn, train_
     total = sum(m.weight.numel() for m, _ in params)
     for target in sparsity_schedule(cfg.sparsity, cfg.prune_steps):
         done = sum(int((m.weight == 0).sum()) for m, _ in params)
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=max(0, math.ceil(target * total - 1e-9) - done))
+        prune.global_unstructured(
+            params, pruning_method=prune.L1Unstructured, amount=max(0, math.ceil(target * total - 1e-9) - done)
+        )
         if cfg.step_epochs:
             fit(model, train_cfg.model_copy(update={"epochs": cfg.step_epochs}))
     for m, name in params:
@@ -173,7 +199,7 @@ def _importance(layers: list[nn.Module], i: int) -> torch.Tensor:
         bn = layers[i + 1]
         score = score * (bn.weight.detach().abs() / (bn.running_var + bn.eps).sqrt())
     if isinstance(layer, nn.Linear):
-        nxt = next((l for l in layers[i + 1 :] if isinstance(l, nn.Linear)), None)
+        nxt = next((m for m in layers[i + 1 :] if isinstance(m, nn.Linear)), None)
         if nxt is not None:
             score = score * nxt.weight.detach().norm(dim=0)
     return score
@@ -207,7 +233,11 @@ def shrink(model: nn.Module, spec: dict, keep: float) -> tuple[nn.Module, dict]:
                 getattr(n, name).copy_(getattr(o, name)[prev])
             continue
         out_n = o.weight.shape[0]
-        keep_idx = torch.arange(out_n) if n.weight.shape[0] == out_n else _importance(old_layers, i).topk(n.weight.shape[0]).indices.sort().values
+        keep_idx = (
+            torch.arange(out_n)
+            if n.weight.shape[0] == out_n
+            else _importance(old_layers, i).topk(n.weight.shape[0]).indices.sort().values
+        )
         w = o.weight[keep_idx]
         if prev is not None:
             cols = prev
@@ -222,7 +252,9 @@ def shrink(model: nn.Module, spec: dict, keep: float) -> tuple[nn.Module, dict]:
     return new, new_spec
 
 
-def prune_structured(model: nn.Module, spec: dict, cfg: CompressConfig, fit: FitFn, train_cfg: TrainConfig) -> tuple[nn.Module, dict]:
+def prune_structured(
+    model: nn.Module, spec: dict, cfg: CompressConfig, fit: FitFn, train_cfg: TrainConfig
+) -> tuple[nn.Module, dict]:
     """shrink(), then fine-tune on the labels, or also on `model`'s soft targets (cfg.structured_teacher:
     measured better on the 8x8 digits CNN by ~0.3 points, worse on the 28x28 CNN and the MLP by ~1)."""
     small, small_spec = shrink(model, spec, cfg.keep)
@@ -245,7 +277,9 @@ def student_spec(spec: dict, cfg: CompressConfig) -> dict:
     return s
 
 
-def distill_student(model: nn.Module, spec: dict, cfg: CompressConfig, fit: FitFn, train_cfg: TrainConfig) -> tuple[nn.Module, dict]:
+def distill_student(
+    model: nn.Module, spec: dict, cfg: CompressConfig, fit: FitFn, train_cfg: TrainConfig
+) -> tuple[nn.Module, dict]:
     """-> (a shallower, narrower student trained on `model`'s soft targets, its spec). Every tensor
     it shares by name and shape with shrink(model) starts from there (the input normalization and the
     kept channels of the blocks it keeps); the rest (the head after the removed block) starts fresh."""
@@ -253,7 +287,9 @@ def distill_student(model: nn.Module, spec: dict, cfg: CompressConfig, fit: FitF
     s_spec = student_spec(spec, cfg)
     student = models.build(s_spec)
     src = small.state_dict()
-    student.load_state_dict({k: src[k] if k in src and src[k].shape == v.shape else v for k, v in student.state_dict().items()})
+    student.load_state_dict(
+        {k: src[k] if k in src and src[k].shape == v.shape else v for k, v in student.state_dict().items()}
+    )
     fit(student, train_cfg.model_copy(update={"epochs": cfg.student_epochs, "lr": cfg.student_lr}), teacher=model)
     return student.eval(), s_spec
 
@@ -274,8 +310,15 @@ def export_onnx(model: nn.Module, spec: dict, classes: list[str], path: str | Pa
     path = Path(path)
     x = torch.zeros((2, *spec["args"]["in_shape"]))
     model = copy.deepcopy(model).eval()
-    torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"],
-                      dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
     _set_meta(path, spec, classes, variant, onnx)
     return path
 
@@ -285,7 +328,12 @@ def _set_meta(path: Path, spec: dict, classes: list[str], variant: str, onnx, co
     if compact:
         _compact(m.graph)
     del m.metadata_props[:]
-    for k, v in {"format": ONNX_FORMAT, "spec": json.dumps(spec), "classes": json.dumps(list(classes)), "variant": variant}.items():
+    for k, v in {
+        "format": ONNX_FORMAT,
+        "spec": json.dumps(spec),
+        "classes": json.dumps(list(classes)),
+        "variant": variant,
+    }.items():
         m.metadata_props.add(key=k, value=v)
     with atomic_file(path) as f:
         f.write(m.SerializeToString())
@@ -339,14 +387,23 @@ class _Calibration:
     """ONNX Runtime CalibrationDataReader over training rows, in batches of 64."""
 
     def __init__(self, X: np.ndarray, name: str = "x"):
-        self.batches = iter([{name: np.ascontiguousarray(X[i : i + 64], dtype=np.float32)} for i in range(0, len(X), 64)])
+        self.batches = iter(
+            [{name: np.ascontiguousarray(X[i : i + 64], dtype=np.float32)} for i in range(0, len(X), 64)]
+        )
 
     def get_next(self):
         return next(self.batches, None)
 
 
-def quantize_int8(model: nn.Module, spec: dict, classes: list[str], X_calib: np.ndarray, path: str | Path, mode: str,
-                  compact: bool = True) -> Path:
+def quantize_int8(
+    model: nn.Module,
+    spec: dict,
+    classes: list[str],
+    X_calib: np.ndarray,
+    path: str | Path,
+    mode: str,
+    compact: bool = True,
+) -> Path:
     """int8 ONNX at `path`. static: per-channel int8 weights, uint8 activations with ranges
     from X_calib (QDQ format, run as fused int8 kernels). dynamic: int8 weights, activations
     quantized per call from their observed range (per batch: one outlier row coarsens every row).
@@ -361,8 +418,15 @@ def quantize_int8(model: nn.Module, spec: dict, classes: list[str], X_calib: np.
         export_onnx(model, spec, classes, fp32)
         quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
         if mode == "static":
-            quantize_static(str(prep), str(path), _Calibration(X_calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                str(prep),
+                str(path),
+                _Calibration(X_calib),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
         elif mode == "dynamic":
             quantize_dynamic(str(prep), str(path), per_channel=True, weight_type=QuantType.QInt8)
         else:
@@ -398,8 +462,16 @@ def onnx_weight_types(path: str | Path) -> dict[str, str]:
 # ---------------------------------------------------------------- all variants
 
 
-def build_variants(model: nn.Module, spec: dict, classes: list[str], X_calib: np.ndarray, cfg: CompressConfig,
-                   fit: FitFn, train_cfg: TrainConfig, out_dir: str | Path) -> list[dict]:
+def build_variants(
+    model: nn.Module,
+    spec: dict,
+    classes: list[str],
+    X_calib: np.ndarray,
+    cfg: CompressConfig,
+    fit: FitFn,
+    train_cfg: TrainConfig,
+    out_dir: str | Path,
+) -> list[dict]:
     """Make each variant in cfg.variants and write it under out_dir ->
     [{variant, file, method, macs, model (the torch module it came from)}]."""
     from components.measure import count_macs
@@ -412,23 +484,66 @@ def build_variants(model: nn.Module, spec: dict, classes: list[str], X_calib: np
             m = prune_unstructured(model, cfg, fit, train_cfg).eval()
             models.save(m, spec, classes, out_dir / "pruned.pt")
             method = f"global magnitude, {cfg.prune_steps} rounds x {cfg.step_epochs} epochs, sparsity {cfg.sparsity}"
-            made.append({"variant": name, "file": out_dir / "pruned.pt", "method": method, "macs": count_macs(m, in_shape), "model": m})
+            made.append(
+                {
+                    "variant": name,
+                    "file": out_dir / "pruned.pt",
+                    "method": method,
+                    "macs": count_macs(m, in_shape),
+                    "model": m,
+                }
+            )
         elif name == "structured":
             m, small_spec = prune_structured(model, spec, cfg, fit, train_cfg)
             models.save(m, small_spec, classes, out_dir / "structured.pt")
-            how = f"on fp32 soft targets (alpha {cfg.distill_alpha}, T {cfg.distill_temperature})" if cfg.structured_teacher else "on labels"
+            how = (
+                f"on fp32 soft targets (alpha {cfg.distill_alpha}, T {cfg.distill_temperature})"
+                if cfg.structured_teacher
+                else "on labels"
+            )
             method = f"channels/neurons kept {cfg.keep}, {cfg.structured_epochs} epochs fine-tune {how}"
-            made.append({"variant": name, "file": out_dir / "structured.pt", "method": method, "macs": count_macs(m, in_shape), "model": m})
+            made.append(
+                {
+                    "variant": name,
+                    "file": out_dir / "structured.pt",
+                    "method": method,
+                    "macs": count_macs(m, in_shape),
+                    "model": m,
+                }
+            )
         elif name == "distilled":
             m, s_spec = distill_student(model, spec, cfg, fit, train_cfg)
             models.save(m, s_spec, classes, out_dir / "distilled.pt")
             key = "channels" if s_spec["arch"] == "cnn" else "hidden"
-            method = (f"student {key} {s_spec['args'][key]}, hidden {s_spec['args']['hidden']}, {cfg.student_epochs} epochs on soft targets "
-                      f"(alpha {cfg.distill_alpha}, T {cfg.distill_temperature})")
-            made.append({"variant": name, "file": out_dir / "distilled.pt", "method": method, "macs": count_macs(m, in_shape), "model": m})
+            method = (
+                f"student {key} {s_spec['args'][key]}, hidden {s_spec['args']['hidden']}, "
+                f"{cfg.student_epochs} epochs on soft targets "
+                f"(alpha {cfg.distill_alpha}, T {cfg.distill_temperature})"
+            )
+            made.append(
+                {
+                    "variant": name,
+                    "file": out_dir / "distilled.pt",
+                    "method": method,
+                    "macs": count_macs(m, in_shape),
+                    "model": m,
+                }
+            )
         elif name == "int8":
             mode = int8_mode(cfg, spec)
             quantize_int8(model, spec, classes, X_calib, out_dir / "int8.onnx", mode)
-            method = f"onnxruntime {mode} int8" + (f" (QDQ, per-channel, {len(X_calib)} calibration rows)" if mode == "static" else " (per-channel weights)")
-            made.append({"variant": name, "file": out_dir / "int8.onnx", "method": method, "macs": count_macs(model, in_shape), "model": None})
+            method = f"onnxruntime {mode} int8" + (
+                f" (QDQ, per-channel, {len(X_calib)} calibration rows)"
+                if mode == "static"
+                else " (per-channel weights)"
+            )
+            made.append(
+                {
+                    "variant": name,
+                    "file": out_dir / "int8.onnx",
+                    "method": method,
+                    "macs": count_macs(model, in_shape),
+                    "model": None,
+                }
+            )
     return made

@@ -1,8 +1,9 @@
 """One typed config tree, loaded from params.yaml (shared with DVC) and validated at load."""
+
 from __future__ import annotations
 
-import re
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,7 @@ class ModelConfig(_Section):
 
 class DistributedConfig(_Section):
     """DDP through torch's elastic launcher: one process per GPU, or N CPU processes (gloo)."""
+
     nproc_per_node: int | Literal["auto"] = "auto"  # auto: number of GPUs, else 1; N >= 2: DDP
     max_restarts: int = Field(2, ge=0, le=100)  # elastic restarts after a rank dies (resume from checkpoint)
     timeout: float = Field(300.0, ge=1.0, le=86_400.0)  # seconds a collective waits for a silent rank
@@ -86,7 +88,9 @@ class TrainConfig(_Section):
     patience: int = Field(10, ge=1)  # keep: best: validations without val-loss improvement before stopping
     val_every: int = Field(1, ge=1, le=10_000)  # epochs between validation passes; the last epoch always validates
     num_threads: int = Field(0, ge=0)  # torch CPU threads per rank; 0 = all cores / ranks on this node
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16: autocast (CPU, GPU); fp16: autocast + grad scaler, CUDA only
+    precision: Literal["fp32", "bf16", "fp16"] = (
+        "fp32"  # bf16: autocast (CPU, GPU); fp16: autocast + grad scaler, CUDA only
+    )
     compile: bool = False  # torch.compile the model (first epoch pays the compile: ~10+ s on CPU)
     channels_last: bool = False  # NHWC memory layout for CNNs (faster on GPU, with bf16 on CPU)
     checkpoint_every: int = Field(1, ge=0, le=10_000)  # epochs between checkpoints; 0 = off (no resume)
@@ -113,20 +117,36 @@ class PromoteConfig(_Section):
 
 class CompressConfig(_Section):
     """The compress stage: variants of the trained model, each measured on the test set."""
+
     enabled: bool = True
-    variants: tuple[Literal["int8", "pruned", "structured", "distilled"], ...] = ("int8", "pruned", "structured", "distilled")
+    variants: tuple[Literal["int8", "pruned", "structured", "distilled"], ...] = (
+        "int8",
+        "pruned",
+        "structured",
+        "distilled",
+    )
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0)  # test accuracy below fp32, fraction (0.01 = 1 point)
     sparsity: float = Field(0.9, gt=0.0, lt=1.0)  # pruned: fraction of conv/linear weights set to zero
     prune_steps: int = Field(3, ge=1, le=50)  # pruned: prune -> fine-tune rounds to reach the sparsity
     step_epochs: int = Field(2, ge=0, le=1000)  # pruned: fine-tune epochs after each round
     keep: float = Field(0.5, gt=0.0, le=1.0)  # structured: fraction of channels / hidden neurons kept per layer
     structured_epochs: int = Field(10, ge=0, le=1000)  # structured: fine-tune epochs
-    structured_teacher: bool = True  # structured: fine-tune on the fp32 model's soft targets too (distill_*); false = labels only
-    distill_alpha: float = Field(0.5, ge=0.0, le=1.0)  # distilled (and structured_teacher): weight of the soft targets in the loss; 0 = labels only
-    distill_temperature: float = Field(4.0, gt=0.0, le=100.0)  # distilled (and structured_teacher): softmax temperature of the soft targets
-    student_drop_blocks: int = Field(1, ge=0, le=16)  # distilled: conv blocks (cnn) / hidden layers (mlp) fewer than fp32; widths x keep
+    structured_teacher: bool = (
+        True  # structured: fine-tune on the fp32 model's soft targets too (distill_*); false = labels only
+    )
+    distill_alpha: float = Field(
+        0.5, ge=0.0, le=1.0
+    )  # distilled (and structured_teacher): weight of the soft targets in the loss; 0 = labels only
+    distill_temperature: float = Field(
+        4.0, gt=0.0, le=100.0
+    )  # distilled (and structured_teacher): softmax temperature of the soft targets
+    student_drop_blocks: int = Field(
+        1, ge=0, le=16
+    )  # distilled: conv blocks (cnn) / hidden layers (mlp) fewer than fp32; widths x keep
     student_epochs: int = Field(20, ge=1, le=1000)  # distilled: training epochs
-    student_lr: float = Field(3e-3, gt=0.0, le=1.0)  # distilled: AdamW peak lr, cosine-decayed (its head starts untrained)
+    student_lr: float = Field(
+        3e-3, gt=0.0, le=1.0
+    )  # distilled: AdamW peak lr, cosine-decayed (its head starts untrained)
     finetune_lr: float = Field(1e-3, gt=0.0, le=1.0)  # AdamW, cosine-decayed, for both pruning variants
     int8_mode: Literal["auto", "static", "dynamic"] = "auto"  # auto: static (calibrated) for cnn, dynamic for mlp
     calibration_samples: int = Field(256, ge=1, le=100_000)  # static int8: training rows used to calibrate
@@ -135,21 +155,32 @@ class CompressConfig(_Section):
 
 
 # search-space bounds a tune section may use: (lowest, highest, low end open)
-_TUNE_LIMITS = {"lr": (0.0, 1.0, True), "weight_decay": (0.0, 1.0, True), "dropout": (0.0, 0.95, False),
-                "aug_strength": (0.0, 10.0, False), "epochs": (1, 10_000, False), "depth": (1, 8, False)}
+_TUNE_LIMITS = {
+    "lr": (0.0, 1.0, True),
+    "weight_decay": (0.0, 1.0, True),
+    "dropout": (0.0, 0.95, False),
+    "aug_strength": (0.0, 10.0, False),
+    "epochs": (1, 10_000, False),
+    "depth": (1, 8, False),
+}
 
 
 class TuneConfig(_Section):
     """The tune stage: an Optuna study over the search space below (components/tune.py)."""
+
     enabled: bool = True  # false: train uses the config as written
-    n_trials: int = Field(30, ge=1, le=100_000)  # total budget of finished (complete + pruned) trials, earlier runs included
+    n_trials: int = Field(
+        30, ge=1, le=100_000
+    )  # total budget of finished (complete + pruned) trials, earlier runs included
     n_workers: int = Field(2, ge=1, le=256)  # processes sharing the study; CPU threads are split between them
     objective: Literal["holdout", "cv"] = "holdout"  # holdout: data.val_size split; cv: mean over cv.folds folds
     metric: Literal["val_loss", "val_accuracy"] = "val_loss"  # what trials report each epoch and the study optimizes
     pruner: Literal["none", "median", "halving", "hyperband"] = "hyperband"
     min_resource: int = Field(3, ge=1, le=10_000)  # epochs a trial runs before a pruner may stop it
     reduction_factor: int = Field(3, ge=2, le=10)  # halving/hyperband: 1 in this many trials goes on at each rung
-    storage: str | None = None  # None: $OPTUNA_STORAGE, else Optuna journal file .mlpipe/optuna/journal.log; or a database URL (postgresql://...)
+    storage: str | None = (
+        None  # None: $OPTUNA_STORAGE, else Optuna journal file .mlpipe/optuna/journal.log; or a database URL (postgresql://...)
+    )
     heartbeat_s: int = Field(30, ge=1, le=3600)  # database storage: seconds between trial heartbeats; stale after 4x
     # search space: [low, high] ranges are sampled (lr, weight_decay on a log scale); lists are choices
     lr: tuple[float, float] = (5e-4, 1e-2)  # AdamW peak learning rate
@@ -158,7 +189,10 @@ class TuneConfig(_Section):
     width: tuple[int, ...] = (16, 32, 48)  # cnn: first conv width (doubles per block); mlp: hidden width
     depth: tuple[int, int] = (1, 3)  # cnn: conv blocks; mlp: hidden layers
     dropout: tuple[float, float] = (0.0, 0.5)
-    aug_strength: tuple[float, float] = (0.0, 2.0)  # multiplies the augment section's magnitudes (shift, rotation, noise)
+    aug_strength: tuple[float, float] = (
+        0.0,
+        2.0,
+    )  # multiplies the augment section's magnitudes (shift, rotation, noise)
     # longer schedules cross-validate better on digits: a 1-block CNN 0.9926 / 0.9944 / 0.9950 at 30 / 40 / 50 epochs;
     # the default run's champion 0.9916 with [15, 50], 0.9937 in three runs with [30, 60] (BENCHMARKS.md, issue 3)
     epochs: tuple[int, int] = (30, 60)
@@ -183,6 +217,7 @@ class TuneConfig(_Section):
 
 class CVConfig(_Section):
     """The cv stage: stratified k-fold over the training split with the tuned config."""
+
     enabled: bool = True
     folds: int = Field(5, ge=2, le=100)  # every class needs at least this many training rows
 
@@ -194,6 +229,7 @@ class TrackingConfig(_Section):
 
 class ScheduleConfig(_Section):
     """`mlpipe deploy`: the Prefect deployment of the pipeline and when it runs."""
+
     name: str = Field("nightly", min_length=1, max_length=100)  # deployment name: mlpipe/<name>
     cron: str | None = "0 2 * * *"  # 5-field cron (minute hour day month weekday); None: manual runs only
     timezone: str = "UTC"  # IANA zone the cron is read in, e.g. Europe/Berlin

@@ -4,11 +4,12 @@ Everything fitted is fitted inside the training fold only: the model's normaliza
 statistics (the loop fits Standardize on the rows it trains on), the augmentation (its
 statistics come from the training-fold rows), and early stopping, which watches an inner
 validation split of the training fold. The held-out fold is touched once, for scoring."""
+
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, ContextManager
 
 import numpy as np
 
@@ -33,8 +34,10 @@ def check_folds(y: np.ndarray, classes: list[str], folds: int) -> None:
     counts = np.bincount(np.asarray(y), minlength=len(classes))
     short = [f"{classes[i]!r} has {int(c)}" for i, c in enumerate(counts) if c < folds]
     if short:
-        raise DataError(f"cv.folds: {folds} folds need at least {folds} training rows per class; "
-                        f"{', '.join(short)}. Lower cv.folds or add data.")
+        raise DataError(
+            f"cv.folds: {folds} folds need at least {folds} training rows per class; "
+            f"{', '.join(short)}. Lower cv.folds or add data."
+        )
 
 
 def fold_indices(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -51,17 +54,36 @@ def score(y: np.ndarray, logits: np.ndarray) -> dict:
     return {**evaluate.classification_metrics(y, proba), "loss": float(loss)}
 
 
-def run_fold(X, y, tr: np.ndarray, held_out: np.ndarray, spec: dict, cfg: Config, kind: str,
-             value_range, log: train.LogFn | None = None) -> tuple[dict, train.History]:
+def run_fold(
+    X,
+    y,
+    tr: np.ndarray,
+    held_out: np.ndarray,
+    spec: dict,
+    cfg: Config,
+    kind: str,
+    value_range,
+    log: train.LogFn | None = None,
+) -> tuple[dict, train.History]:
     """Train on rows `tr` (early stopping on an inner split of them), score rows `held_out`."""
-    model, hist = train.Recipe(cfg, X, y, kind, value_range, rows=tr).fit(spec, log=log)  # the final run's initial weights
+    model, hist = train.Recipe(cfg, X, y, kind, value_range, rows=tr).fit(
+        spec, log=log
+    )  # the final run's initial weights
     return score(y[held_out], train.predict_logits(model, X[held_out]).numpy()), hist
 
 
-def cross_validate(X, y, spec: dict, cfg: Config, kind: str, value_range, classes: list[str],
-                   fold_log: Callable[[int], train.LogFn | None] = lambda i: None,
-                   on_fold: Callable[[Fold], None] | None = None,
-                   fold_run: Callable[[int], ContextManager] = lambda i: nullcontext()) -> list[Fold]:
+def cross_validate(
+    X,
+    y,
+    spec: dict,
+    cfg: Config,
+    kind: str,
+    value_range,
+    classes: list[str],
+    fold_log: Callable[[int], train.LogFn | None] = lambda i: None,
+    on_fold: Callable[[Fold], None] | None = None,
+    fold_run: Callable[[int], AbstractContextManager] = lambda i: nullcontext(),
+) -> list[Fold]:
     """k-fold CV of one config. Fold i runs inside fold_run(i) (e.g. an MLflow child run) with
     per-epoch callback fold_log(i); on_fold(fold) runs there after its scoring."""
     folds = cfg.cv.folds

@@ -5,6 +5,7 @@ Prepared layout (the contract every later stage reads):
     X_test.npy                                y_test.npy
     meta.json  source, kind, feature_shape, classes, counts, value_range, content_hash
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,7 @@ def parse_source(source: str) -> tuple[str, str]:
     scheme, sep, rest = source.partition(":")
     if not sep or scheme not in SCHEMES or not rest:
         raise DataError(
-            f"data.source: unknown source {source!r}; expected one of "
-            + ", ".join(f"{s}:..." for s in SCHEMES)
+            f"data.source: unknown source {source!r}; expected one of " + ", ".join(f"{s}:..." for s in SCHEMES)
         )
     if scheme == "sklearn" and rest not in SKLEARN_SETS:
         raise DataError(f"data.source: unknown sklearn dataset {rest!r}; expected one of {', '.join(SKLEARN_SETS)}")
@@ -137,8 +137,10 @@ def read_image(path: Path, size: tuple[int, int], grayscale: bool, max_pixels: i
     with im:
         width, height = im.size
         if width * height > max_pixels:
-            raise DataError(f"{path}: image too large: {width} x {height} = {width * height:,} pixels, "
-                            f"over data.max_pixels {max_pixels:,}")
+            raise DataError(
+                f"{path}: image too large: {width} x {height} = {width * height:,} pixels, "
+                f"over data.max_pixels {max_pixels:,}"
+            )
         try:
             im.load()  # decodes fully: a truncated file fails here, not later
             arr = np.asarray(im.convert("L" if grayscale else "RGB").resize((w, h), Image.BILINEAR), np.float32) / 255.0
@@ -169,7 +171,7 @@ def load_table(scheme: str, path: Path, label_column: str) -> Raw:
     _need_file(path, f"{scheme} file")
     try:
         df = pd.read_csv(path) if scheme == "csv" else pd.read_parquet(path)
-    except Exception as e:  # pandas/pyarrow raise many types for unreadable files
+    except Exception as e:  # noqa: BLE001 - pandas/pyarrow raise many types for unreadable files
         raise DataError(f"{path}: cannot read as {scheme} ({type(e).__name__}: {e})") from None
     if label_column not in df.columns:
         raise DataError(
@@ -184,7 +186,9 @@ def load_table(scheme: str, path: Path, label_column: str) -> Raw:
     if df[label_column].isna().any():
         rows = df.index[df[label_column].isna()].tolist()[:5]
         raise DataError(f"{path}: label column {label_column!r} has missing values (rows {rows})")
-    return Raw(features.to_numpy(np.float32), df[label_column].to_numpy(), "tabular", None, list(map(str, features.columns)))
+    return Raw(
+        features.to_numpy(np.float32), df[label_column].to_numpy(), "tabular", None, list(map(str, features.columns))
+    )
 
 
 def load_source(cfg: DataConfig) -> Raw:
@@ -279,5 +283,8 @@ def load_prepared(folder: Path, mmap: bool = False) -> Prepared:
     folder = Path(folder)
     meta = load_meta(folder)
     mode = "r" if mmap else None
-    arrays = {n: np.load(folder / f"{n}.npy", mmap_mode=mode, allow_pickle=False) for n in ("X_train", "y_train", "X_test", "y_test")}
+    arrays = {
+        n: np.load(folder / f"{n}.npy", mmap_mode=mode, allow_pickle=False)
+        for n in ("X_train", "y_train", "X_test", "y_test")
+    }
     return Prepared(meta=meta, **arrays)

@@ -3,6 +3,7 @@
 A training job of N ranks is started by torch's elastic agent (`launch`, or `torchrun` across
 nodes); each rank runs flows/train_worker.py, calls `init()`, and trains on its shard. Only rank 0
 has side effects (MLflow, checkpoints, the model file)."""
+
 from __future__ import annotations
 
 import os
@@ -26,6 +27,7 @@ class DistributedError(MlpipeError):
 @dataclass(frozen=True)
 class Dist:
     """This process's place in the job; the default is a single process."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -71,8 +73,11 @@ def init(timeout_s: float) -> Dist:
     if world > 1 and not tdist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s),
-                                 **({"device_id": device} if device.type == "cuda" else {}))
+        tdist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            timeout=timedelta(seconds=timeout_s),
+            **({"device_id": device} if device.type == "cuda" else {}),
+        )
     return d
 
 
@@ -150,8 +155,14 @@ def launch(args: list[str], nproc: int, max_restarts: int, log_dir: Path | None 
     # then hang connecting to dead peers (pytorch/pytorch#135712): give each attempt its own store
     os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     cfg = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=max_restarts, monitor_interval=0.5,
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=max_restarts,
+        monitor_interval=0.5,
         logs_specs=DefaultLogsSpecs(log_dir=str(log_dir) if log_dir else None),
     )
     try:
@@ -161,5 +172,6 @@ def launch(args: list[str], nproc: int, max_restarts: int, log_dir: Path | None 
         why = failure.message if isinstance(failure.message, str) else failure.message.get("message", "")
         raise DistributedError(
             f"distributed training failed after {max_restarts} restart(s) (train.distributed.max_restarts): "
-            f"rank {rank} exited with code {failure.exitcode}; {str(why).strip().splitlines()[-1] if why else 'see its output above'}"
+            f"rank {rank} exited with code {failure.exitcode}; "
+            f"{str(why).strip().splitlines()[-1] if why else 'see its output above'}"
         ) from None

@@ -5,15 +5,16 @@ Resume is exact: a checkpoint holds the model, optimizer, scheduler, grad scaler
 state, the history and every rank's RNG states (torch, CUDA, numpy, python, the augmentation
 generator); the batch order of an epoch is a function of (seed, epoch) alone (distributed.shard).
 So an interrupted run that resumes ends with the same weights as one that never stopped."""
+
 from __future__ import annotations
 
 import contextlib
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -49,8 +50,13 @@ class History:
     train_seconds: list[float] = field(default_factory=list)  # wall time of each epoch's training steps
 
     def to_dict(self) -> dict:
-        return {"epochs": self.epochs, "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
-                "resumed_from": self.resumed_from, "train_seconds": self.train_seconds}
+        return {
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "resumed_from": self.resumed_from,
+            "train_seconds": self.train_seconds,
+        }
 
 
 def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
@@ -65,6 +71,7 @@ def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
 @dataclass
 class LoopState:
     """Early stopping and progress: everything besides weights and RNG that resume needs."""
+
     epoch: int = 0  # last finished epoch
     best: float = math.inf  # best validation loss so far
     bad: int = 0  # epochs since it improved
@@ -81,18 +88,27 @@ def autocast(device: torch.device, precision: str):
 
 def check_precision(precision: str, device: torch.device) -> None:
     if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"train.precision: fp16 needs a CUDA device (it trains with a gradient scaler); this run is on "
-                          f"{device.type}: use bf16 or fp32")
+        raise ConfigError(
+            f"train.precision: fp16 needs a CUDA device (it trains with a gradient scaler); this run is on "
+            f"{device.type}: use bf16 or fp32"
+        )
 
 
 def rng_state(g: torch.Generator, device: torch.device) -> dict:
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     version, words, py_gauss = random.getstate()
     # python's 625 words as one tensor: as a tuple they were most of a checkpoint's pickled objects
-    state = {"torch": torch.get_rng_state(), "generator": g.get_state(),
-             "python": [version, torch.tensor(words, dtype=torch.int64), py_gauss],
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                       "gauss": float(gauss)}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "generator": g.get_state(),
+        "python": [version, torch.tensor(words, dtype=torch.int64), py_gauss],
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+    }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -124,17 +140,30 @@ def _cpu(sd: dict) -> dict:
     return {k: v.detach().cpu().clone() for k, v in sd.items()}
 
 
-def save_checkpoint(writer: checkpoint.Writer, folder: Path, key: str, keep: int, st: LoopState, model, opt, sched, scaler,
-          rngs) -> None:
+def save_checkpoint(
+    writer: checkpoint.Writer, folder: Path, key: str, keep: int, st: LoopState, model, opt, sched, scaler, rngs
+) -> None:
     """Queue the checkpoint of st.epoch on the writer (it packs and serializes the state before returning)."""
     h = st.history
     state = {
-        "key": key, "model": model.state_dict(), "optimizer": opt.state_dict(),
+        "key": key,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict() if sched is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs,
-        "loop": {"best": st.best, "bad": st.bad, "done": st.done, "best_state": st.best_state,
-                 "history": {"epochs": h.epochs, "best_epoch": h.best_epoch, "stopped_early": h.stopped_early,
-                             "train_seconds": h.train_seconds}},
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rngs,
+        "loop": {
+            "best": st.best,
+            "bad": st.bad,
+            "done": st.done,
+            "best_state": st.best_state,
+            "history": {
+                "epochs": h.epochs,
+                "best_epoch": h.best_epoch,
+                "stopped_early": h.stopped_early,
+                "train_seconds": h.train_seconds,
+            },
+        },
     }
     writer.submit(folder, st.epoch, state, keep)
 
@@ -166,7 +195,9 @@ def _resume(folder: Path, key: str, d: distributed.Dist, model, opt, sched, scal
             checkpoint.clear(folder)  # another run's files would outrank this run's by epoch
         distributed.barrier(d)
         return None
-    state = found[0] if d.is_main else checkpoint.read(next(e for e in checkpoint.entries(folder) if str(e.path) == name))
+    state = (
+        found[0] if d.is_main else checkpoint.read(next(e for e in checkpoint.entries(folder) if str(e.path) == name))
+    )
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     if sched is not None:
@@ -175,7 +206,13 @@ def _resume(folder: Path, key: str, d: distributed.Dist, model, opt, sched, scal
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"][d.rank], g, d.device)
     loop, h = state["loop"], st.history
-    st.epoch, st.best, st.bad, st.done, st.best_state = state["epoch"], loop["best"], loop["bad"], loop["done"], loop["best_state"]
+    st.epoch, st.best, st.bad, st.done, st.best_state = (
+        state["epoch"],
+        loop["best"],
+        loop["bad"],
+        loop["done"],
+        loop["best_state"],
+    )
     saved = loop["history"]
     h.epochs, h.best_epoch, h.stopped_early = list(saved["epochs"]), saved["best_epoch"], saved["stopped_early"]
     h.train_seconds = list(saved["train_seconds"])
@@ -183,8 +220,14 @@ def _resume(folder: Path, key: str, d: distributed.Dist, model, opt, sched, scal
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, X: stream.Rows, y: np.ndarray, d: distributed.Dist, precision: str = "fp32",
-             channels_last: bool = False) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    X: stream.Rows,
+    y: np.ndarray,
+    d: distributed.Dist,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over X, each rank scoring every world-th row, summed over ranks."""
     model.eval()
     pos = np.arange(d.rank, len(X), d.world)
@@ -208,7 +251,8 @@ def _diverged(value, epoch: int, step: int | None, cfg: TrainConfig) -> Training
     where = f"epoch {epoch}, step {step}" if step is not None else f"epoch {epoch} (on another rank)"
     return TrainingDiverged(
         f"training diverged: loss is {value} at {where}; lower train.lr (now {cfg.lr}) or use train.precision fp32 "
-        f"(now {cfg.precision}). No checkpoint was written for this epoch.")
+        f"(now {cfg.precision}). No checkpoint was written for this epoch."
+    )
 
 
 def adamw(params, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -232,7 +276,9 @@ def train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, 
     cl = cfg.channels_last
     check_each_step = not d.enabled and d.device.type == "cpu"
     losses, sizes = [], []
-    for step, (xb, yb) in enumerate(stream.batches(X, y, pos, per_rank, cfg.loader_workers, d.device.type == "cuda"), 1):
+    for step, (xb, yb) in enumerate(
+        stream.batches(X, y, pos, per_rank, cfg.loader_workers, d.device.type == "cuda"), 1
+    ):
         if augment is not None:
             xb = augment(xb, g)
         xb, yb = _to(xb, d.device, cl), yb.to(d.device, non_blocking=True)
@@ -255,16 +301,33 @@ def train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, 
     per_step = torch.stack(losses).double().cpu() if losses else torch.zeros(0, dtype=torch.float64)
     bad = (~torch.isfinite(per_step)).nonzero().flatten()
     if distributed.any_rank(len(bad) > 0, d):
-        raise _diverged(per_step[bad[0]].item() if len(bad) else "not finite", epoch,
-                        int(bad[0]) + 1 if len(bad) else None, cfg)
-    total, count = distributed.all_sum([float((per_step * torch.tensor(sizes, dtype=torch.float64)).sum()), float(sum(sizes))], d)
+        raise _diverged(
+            per_step[bad[0]].item() if len(bad) else "not finite", epoch, int(bad[0]) + 1 if len(bad) else None, cfg
+        )
+    total, count = distributed.all_sum(
+        [float((per_step * torch.tensor(sizes, dtype=torch.float64)).sum()), float(sum(sizes))], d
+    )
     return total / max(count, 1)
 
 
-def fit(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfig, seed: int,
-               augment: Callable | None = None, log: Callable | None = None, progress: bool = True, *,
-               dist: distributed.Dist | None = None, checkpoint_dir: str | Path | None = None, resume_key: str = "",
-               on_epoch: Callable[[int, dict], None] | None = None, loss_fn: Callable = cross_entropy):
+def fit(
+    model: nn.Module,
+    X_train,
+    y_train,
+    X_val,
+    y_val,
+    cfg: TrainConfig,
+    seed: int,
+    augment: Callable | None = None,
+    log: Callable | None = None,
+    progress: bool = True,
+    *,
+    dist: distributed.Dist | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume_key: str = "",
+    on_epoch: Callable[[int, dict], None] | None = None,
+    loss_fn: Callable = cross_entropy,
+):
     """Train in place; on return the model holds the weights cfg.keep picks (the final epoch's, or
     the lowest validation loss's), on the device it was given on (it trains on a GPU when there is one).
 
@@ -290,7 +353,9 @@ def fit(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfig, seed
         model.to(memory_format=torch.channels_last)
     net = model
     if d.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+        )
     if cfg.compile:
         net = torch.compile(net)
     opt = adamw(model.parameters(), cfg, d.device)
@@ -303,9 +368,16 @@ def fit(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfig, seed
         _resume(ckpt, resume_key, d, model, opt, sched, scaler, g, st)
         st.history.resumed_from = st.epoch
     hist = st.history
-    columns = [TextColumn("train"), BarColumn(), TextColumn("epoch {task.completed}/{task.total} {task.fields[msg]}"),
-               TimeRemainingColumn()]
-    with Progress(*columns, disable=not (progress and d.is_main), transient=False) as bar, checkpoint.Writer() as writer:
+    columns = [
+        TextColumn("train"),
+        BarColumn(),
+        TextColumn("epoch {task.completed}/{task.total} {task.fields[msg]}"),
+        TimeRemainingColumn(),
+    ]
+    with (
+        Progress(*columns, disable=not (progress and d.is_main), transient=False) as bar,
+        checkpoint.Writer() as writer,
+    ):
         task = bar.add_task("train", total=cfg.epochs, completed=st.epoch, msg="")
         last_checkpoint = time.monotonic()
         for epoch in range(st.epoch + 1, cfg.epochs + 1):
@@ -319,8 +391,10 @@ def fit(model: nn.Module, X_train, y_train, X_val, y_val, cfg: TrainConfig, seed
             if validated:
                 val_loss, val_acc = evaluate(model, Xv, yv, d, cfg.precision, cfg.channels_last)
                 if not math.isfinite(val_loss):
-                    raise TrainingDiverged(f"training diverged: validation loss is {val_loss} at epoch {epoch}; lower "
-                                           f"train.lr (now {cfg.lr}). No checkpoint was written for this epoch.")
+                    raise TrainingDiverged(
+                        f"training diverged: validation loss is {val_loss} at epoch {epoch}; lower "
+                        f"train.lr (now {cfg.lr}). No checkpoint was written for this epoch."
+                    )
                 row.update(val_loss=val_loss, val_accuracy=val_acc)
                 bar.update(task, msg=f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}")
             hist.epochs.append(row)

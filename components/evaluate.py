@@ -1,4 +1,5 @@
 """Metrics on held-out data: accuracy, macro precision/recall/F1, one-vs-rest ROC AUC, confusion."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,13 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict:
         auc = roc_auc_score(y_true, proba[:, 1])
     else:
         auc = roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=np.arange(k))
-    return {"accuracy": float(accuracy_score(y_true, y_pred)), "precision_macro": float(p),
-            "recall_macro": float(r), "f1_macro": float(f1), "roc_auc_ovr": float(auc)}
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision_macro": float(p),
+        "recall_macro": float(r),
+        "f1_macro": float(f1),
+        "roc_auc_ovr": float(auc),
+    }
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
@@ -43,8 +49,15 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path) -> None:
 
     fig, ax = plt.subplots(figsize=(1 + 0.5 * len(classes), 1 + 0.5 * len(classes)))
     ax.imshow(matrix, cmap="Blues")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-           xlabel="predicted", ylabel="true", title="confusion matrix (test)")
+    ax.set(
+        xticks=range(len(classes)),
+        yticks=range(len(classes)),
+        xticklabels=classes,
+        yticklabels=classes,
+        xlabel="predicted",
+        ylabel="true",
+        title="confusion matrix (test)",
+    )
     for (i, j), v in np.ndenumerate(matrix):
         ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > matrix.max() / 2 else "black")
     fig.tight_layout()

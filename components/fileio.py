@@ -1,4 +1,5 @@
 """Atomic writes (a reader sees the old file/folder or the new one, never half of one) and file locks."""
+
 from __future__ import annotations
 
 import fcntl
@@ -6,9 +7,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 def _fsync_dir(path: Path) -> None:

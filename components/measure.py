@@ -2,6 +2,7 @@
 
 Every figure is measured from the artifact itself: accuracy from its predictions, size from the
 file, sparsity from the weights, latency from timed calls, memory from the process RSS."""
+
 from __future__ import annotations
 
 import gzip
@@ -55,8 +56,11 @@ def weight_stats(model: nn.Module) -> dict:
     w = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     n_w = sum(t.numel() for t in w)
     zeros = sum(int((t == 0).sum()) for t in w)
-    return {"params": sum(p.numel() for p in params), "nonzeros": sum(int((p != 0).sum()) for p in params),
-            "sparsity": zeros / n_w if n_w else 0.0}
+    return {
+        "params": sum(p.numel() for p in params),
+        "nonzeros": sum(int((p != 0).sum()) for p in params),
+        "sparsity": zeros / n_w if n_w else 0.0,
+    }
 
 
 def onnx_stats(path: str | Path) -> dict:
@@ -161,8 +165,18 @@ def peak_rss_mb(load, x: torch.Tensor, interval_s: float = 0.0005) -> float:
     return (peak - base) / 2**20
 
 
-def measure(variant: str, file: str | Path, load, method: str, X_test: np.ndarray, y_test: np.ndarray,
-            macs: int, stats: dict, threads: int, repeats: int) -> Row:
+def measure(
+    variant: str,
+    file: str | Path,
+    load,
+    method: str,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    macs: int,
+    stats: dict,
+    threads: int,
+    repeats: int,
+) -> Row:
     """Every figure of one variant. `load(threads)` -> model; timed with `threads` threads."""
     from components.train import predict_logits
 
@@ -180,10 +194,25 @@ def measure(variant: str, file: str | Path, load, method: str, X_test: np.ndarra
     finally:
         torch.set_num_threads(old_threads)
     size, gz = file_sizes(file)
-    return Row(variant=variant, file=str(file), method=method, accuracy=m["accuracy"], f1_macro=m["f1_macro"],
-               accuracy_drop=0.0, size_bytes=size, gzip_bytes=gz, params=stats["params"], nonzeros=stats["nonzeros"],
-               sparsity=stats["sparsity"], macs=macs, latency_b1_ms=b1, latency_b1_iqr_ms=b1_iqr,
-               latency_b256_ms=b256, latency_b256_iqr_ms=b256_iqr, peak_rss_mb=rss)
+    return Row(
+        variant=variant,
+        file=str(file),
+        method=method,
+        accuracy=m["accuracy"],
+        f1_macro=m["f1_macro"],
+        accuracy_drop=0.0,
+        size_bytes=size,
+        gzip_bytes=gz,
+        params=stats["params"],
+        nonzeros=stats["nonzeros"],
+        sparsity=stats["sparsity"],
+        macs=macs,
+        latency_b1_ms=b1,
+        latency_b1_iqr_ms=b1_iqr,
+        latency_b256_ms=b256,
+        latency_b256_iqr_ms=b256_iqr,
+        peak_rss_mb=rss,
+    )
 
 
 # ---------------------------------------------------------------- budget and choice
@@ -225,10 +254,22 @@ def choose(rows: list[dict], objective: str) -> tuple[dict, str]:
 # ---------------------------------------------------------------- report
 
 
-COLUMNS = [("variant", "{}"), ("accuracy", "{:.4f}"), ("accuracy_drop", "{:+.4f}"), ("f1_macro", "{:.4f}"),
-           ("size_bytes", "{:,}"), ("gzip_bytes", "{:,}"), ("params", "{:,}"), ("nonzeros", "{:,}"),
-           ("sparsity", "{:.3f}"), ("macs", "{:,}"), ("latency_b1_ms", "{:.3f}"), ("latency_b256_ms", "{:.2f}"),
-           ("peak_rss_mb", "{:.1f}"), ("accepted", "{}")]
+COLUMNS = [
+    ("variant", "{}"),
+    ("accuracy", "{:.4f}"),
+    ("accuracy_drop", "{:+.4f}"),
+    ("f1_macro", "{:.4f}"),
+    ("size_bytes", "{:,}"),
+    ("gzip_bytes", "{:,}"),
+    ("params", "{:,}"),
+    ("nonzeros", "{:,}"),
+    ("sparsity", "{:.3f}"),
+    ("macs", "{:,}"),
+    ("latency_b1_ms", "{:.3f}"),
+    ("latency_b256_ms", "{:.2f}"),
+    ("peak_rss_mb", "{:.1f}"),
+    ("accepted", "{}"),
+]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -250,9 +291,18 @@ def plot_pareto(rows: list[dict], path) -> None:
     for r in rows:
         s = 40 + 600 * r["size_bytes"] / biggest
         ax.scatter(r["latency_b1_ms"], r["accuracy"], s=s, alpha=0.6, marker="o" if r["accepted"] else "X")
-        ax.annotate(f"{r['variant']} ({r['size_bytes'] / 1024:.0f} KiB)", (r["latency_b1_ms"], r["accuracy"]),
-                    textcoords="offset points", xytext=(6, 6), fontsize=8)
-    ax.set(xlabel="CPU latency, batch 1 (ms, median)", ylabel="test accuracy", title="compression variants (size = file size)")
+        ax.annotate(
+            f"{r['variant']} ({r['size_bytes'] / 1024:.0f} KiB)",
+            (r["latency_b1_ms"], r["accuracy"]),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=8,
+        )
+    ax.set(
+        xlabel="CPU latency, batch 1 (ms, median)",
+        ylabel="test accuracy",
+        title="compression variants (size = file size)",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -1,5 +1,6 @@
 """Models: a small CNN for images, an MLP for tabular data. A model saves and loads itself
 with its constructor arguments, so the registry and serving never rebuild it by hand."""
+
 from __future__ import annotations
 
 import copy
@@ -50,8 +51,14 @@ class CNN(nn.Module):
         self.norm = Standardize((1, c, 1, 1))
         layers = []
         for width in channels:
-            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                       nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             if min(h, w) >= 2:
                 layers.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
@@ -90,8 +97,15 @@ ARCHS = {"cnn": CNN, "mlp": MLP}
 def model_args(cfg: ModelConfig, feature_shape, n_classes: int, kind: str) -> dict:
     arch = cfg.kind if cfg.kind != "auto" else ("cnn" if kind == "image" else "mlp")
     if arch == "cnn" and len(feature_shape) != 3:
-        raise MlpipeError(f"model.kind: cnn needs image data (C, H, W); this dataset has feature shape {list(feature_shape)}")
-    args = {"in_shape": list(feature_shape), "n_classes": int(n_classes), "hidden": list(cfg.hidden), "dropout": cfg.dropout}
+        raise MlpipeError(
+            f"model.kind: cnn needs image data (C, H, W); this dataset has feature shape {list(feature_shape)}"
+        )
+    args = {
+        "in_shape": list(feature_shape),
+        "n_classes": int(n_classes),
+        "hidden": list(cfg.hidden),
+        "dropout": cfg.dropout,
+    }
     if arch == "cnn":
         args["channels"] = list(cfg.channels)
     return {"arch": arch, "args": args}
@@ -132,8 +146,12 @@ def for_inference(model: nn.Module) -> nn.Module:
 def save(model: nn.Module, spec: dict, classes: list[str], path: str | Path) -> None:
     """Weights + constructor arguments + class names, as plain tensors and builtins only
     (loadable with weights_only=True)."""
-    payload = {"format": FORMAT, "spec": spec, "classes": list(classes),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    payload = {
+        "format": FORMAT,
+        "spec": spec,
+        "classes": list(classes),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
     with atomic_file(path) as f:
         torch.save(payload, f)
 
@@ -144,8 +162,10 @@ def load(path: str | Path) -> tuple[nn.Module, dict, list[str]]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MlpipeError(f"{path}: model file not found") from None
-    except Exception as e:  # torch raises UnpicklingError/RuntimeError for foreign or torn files
-        raise MlpipeError(f"{path}: not a loadable mlpipe model ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError/RuntimeError for foreign or torn files
+        raise MlpipeError(
+            f"{path}: not a loadable mlpipe model ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise MlpipeError(f"{path}: not an mlpipe model file (expected format {FORMAT})")
     model = build(payload["spec"])

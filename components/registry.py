@@ -1,10 +1,9 @@
 """Model registry: log the model as an MLflow pyfunc, register every candidate, and move the
 `champion` alias only through the promotion gate. Aliases and tags, never stages."""
+
 from __future__ import annotations
 
-import fcntl
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +47,13 @@ class Classifier(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         proba = self.predict_proba(model_input)
         label = proba.argmax(1)
-        return pd.DataFrame({"label": label.astype(np.int64), "class": [self.classes[i] for i in label],
-                             "confidence": proba.max(1).astype(np.float64)})
+        return pd.DataFrame(
+            {
+                "label": label.astype(np.int64),
+                "class": [self.classes[i] for i in label],
+                "confidence": proba.max(1).astype(np.float64),
+            }
+        )
 
 
 def log_model(model_file: Path, example: np.ndarray) -> str:
@@ -155,8 +159,14 @@ def decide_interrupted(name: str) -> list[str]:
     out = []
     for v in found:
         if "mlpipe.decision" not in v.tags:
-            tag_version(name, v.version, {"mlpipe.decision": "interrupted", "mlpipe.reasons":
-                                          "the register stage that created it ended before deciding; not promoted"})
+            tag_version(
+                name,
+                v.version,
+                {
+                    "mlpipe.decision": "interrupted",
+                    "mlpipe.reasons": "the register stage that created it ended before deciding; not promoted",
+                },
+            )
             out.append(str(v.version))
     return out
 
@@ -165,10 +175,14 @@ def promotion_record(name: str, version: str) -> dict:
     """The gate's outcome for a version as the registry holds it (the source of truth)."""
     tags = MlflowClient().get_model_version(name, version).tags
     champion = champion_version(name)
-    return {"model_name": name, "version": str(version), "decision": tags.get("mlpipe.decision"),
-            "promoted": tags.get("mlpipe.decision") == "promoted",
-            "reasons": [r for r in tags.get("mlpipe.reasons", "").split("; ") if r],
-            "champion": None if champion is None else str(champion.version)}
+    return {
+        "model_name": name,
+        "version": str(version),
+        "decision": tags.get("mlpipe.decision"),
+        "promoted": tags.get("mlpipe.decision") == "promoted",
+        "reasons": [r for r in tags.get("mlpipe.reasons", "").split("; ") if r],
+        "champion": None if champion is None else str(champion.version),
+    }
 
 
 def input_shape(pyfunc_model) -> tuple[int, ...]:

@@ -5,10 +5,11 @@ with pread into a fresh batch array, never through the mapping: mapped file page
 process's RSS (re-mapping per batch, as nanoGPT does, still showed transient spikes of hundreds of
 MB), while pread leaves them in the kernel's page cache. So RSS stays about one batch even when
 the file is larger than RAM. Nothing here calls np.asarray on a whole memmap."""
+
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -135,8 +136,9 @@ class _BatchSet(torch.utils.data.Dataset):
         return _batch(self.X, self.y, pos)
 
 
-def batches(X: Rows, y: np.ndarray, positions: np.ndarray, batch_size: int, workers: int = 0,
-            pin: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    X: Rows, y: np.ndarray, positions: np.ndarray, batch_size: int, workers: int = 0, pin: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) CPU tensors for consecutive slices of `positions` (positions within X's view;
     y is aligned with the view). Each batch is read in sorted order, for locality."""
     groups = [np.sort(positions[i : i + batch_size]) for i in range(0, len(positions), batch_size)]
@@ -144,7 +146,13 @@ def batches(X: Rows, y: np.ndarray, positions: np.ndarray, batch_size: int, work
         for pos in groups:
             yield _batch(X, y, pos)
         return
-    loader = torch.utils.data.DataLoader(_BatchSet(X, y), sampler=groups, batch_size=None, num_workers=workers,
-                                         pin_memory=pin, prefetch_factor=4,
-                                         generator=torch.Generator().manual_seed(0))  # leaves the global RNG (dropout) alone
+    loader = torch.utils.data.DataLoader(
+        _BatchSet(X, y),
+        sampler=groups,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin,
+        prefetch_factor=4,
+        generator=torch.Generator().manual_seed(0),
+    )  # leaves the global RNG (dropout) alone
     yield from loader

@@ -2,14 +2,15 @@
 
 Only this module and registry.py import mlflow. Compute code gets `metric_logger()`, a plain
 callback, never the mlflow module."""
+
 from __future__ import annotations
 
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import numpy as np
@@ -105,9 +106,11 @@ def _refuse_half_migrated(db: Path) -> None:
     finally:
         con.close()
     if leftover:
-        raise MlpipeError(f"{db}: a half-migrated MLflow store (leftover table {leftover[0]}: its creation or an "
-                          f"upgrade was interrupted); it holds {runs} run(s). With none, move it aside and run "
-                          f"again (mlpipe creates a new store); else restore it from a backup")
+        raise MlpipeError(
+            f"{db}: a half-migrated MLflow store (leftover table {leftover[0]}: its creation or an "
+            f"upgrade was interrupted); it holds {runs} run(s). With none, move it aside and run "
+            f"again (mlpipe creates a new store); else restore it from a backup"
+        )
 
 
 def ui_command(uri: str) -> str:
@@ -139,7 +142,9 @@ def start_parent(experiment: str, name: str, tags: dict, config: dict) -> str:
     """Create the pipeline run (not made active: stages attach to it by id) -> run id."""
     client = MlflowClient()
     exp = mlflow.get_experiment_by_name(experiment)
-    run = client.create_run(exp.experiment_id, run_name=name, tags={**process_tags(), **{k: str(v) for k, v in tags.items()}})
+    run = client.create_run(
+        exp.experiment_id, run_name=name, tags={**process_tags(), **{k: str(v) for k, v in tags.items()}}
+    )
     rid = run.info.run_id
     params = flatten(config)
     client.log_batch(rid, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()])
@@ -153,8 +158,11 @@ def process_tags() -> dict[str, str]:
 
     import psutil
 
-    return {"mlpipe.host": socket.gethostname(), "mlpipe.pid": str(os.getpid()),
-            "mlpipe.pid_started": f"{psutil.Process().create_time():.2f}"}
+    return {
+        "mlpipe.host": socket.gethostname(),
+        "mlpipe.pid": str(os.getpid()),
+        "mlpipe.pid_started": f"{psutil.Process().create_time():.2f}",
+    }
 
 
 def _process_alive(pid: int, started: str) -> bool:
@@ -182,8 +190,12 @@ def end_orphans(experiment: str) -> list[str]:
         t = run.data.tags
         if "mlpipe.pid" not in t or _process_alive(int(t["mlpipe.pid"]), t.get("mlpipe.pid_started", "")):
             continue
-        client.set_tag(run.info.run_id, "mlpipe.ended", f"KILLED: process {t['mlpipe.pid']} on {host} was gone "
-                       f"when a later run started ({time.strftime('%Y-%m-%d %H:%M:%S')})")
+        client.set_tag(
+            run.info.run_id,
+            "mlpipe.ended",
+            f"KILLED: process {t['mlpipe.pid']} on {host} was gone "
+            f"when a later run started ({time.strftime('%Y-%m-%d %H:%M:%S')})",
+        )
         client.set_terminated(run.info.run_id, "KILLED")
         ended.append(run.info.run_id)
     return ended
@@ -216,8 +228,11 @@ def log_params(params: dict) -> None:
 def _metrics(metrics: dict, step: int, prefix: str = "") -> list:
     """MLflow Metric rows stamped now; None, NaN and inf are left out."""
     ts = int(time.time() * 1000)
-    return [mlflow.entities.Metric(f"{prefix}{k}", float(v), ts, step) for k, v in metrics.items()
-            if v is not None and np.isfinite(v)]
+    return [
+        mlflow.entities.Metric(f"{prefix}{k}", float(v), ts, step)
+        for k, v in metrics.items()
+        if v is not None and np.isfinite(v)
+    ]
 
 
 def log_metrics(metrics: dict, step: int | None = None, run_id: str | None = None) -> None:
@@ -278,9 +293,12 @@ class RunBuffer:
     def flush(self, run_id: str | None = None) -> None:
         """Write everything buffered to run_id (default: the active run) and empty the buffer."""
         run_id = run_id or mlflow.active_run().info.run_id
-        MlflowClient().log_batch(run_id, metrics=self.metrics,
-                                 params=[mlflow.entities.Param(k, v) for k, v in self.params.items()],
-                                 tags=[mlflow.entities.RunTag(k, v) for k, v in self.tags.items()])
+        MlflowClient().log_batch(
+            run_id,
+            metrics=self.metrics,
+            params=[mlflow.entities.Param(k, v) for k, v in self.params.items()],
+            tags=[mlflow.entities.RunTag(k, v) for k, v in self.tags.items()],
+        )
         self.metrics, self.params, self.tags = [], {}, {}
 
 
@@ -299,8 +317,9 @@ def log_dict(obj: dict, name: str) -> None:
 def set_tags(tags: dict, run_id: str | None = None) -> None:
     """In one request: on the active run, or on run_id."""
     if tags:
-        MlflowClient().log_batch(run_id or mlflow.active_run().info.run_id,
-                                 tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
+        MlflowClient().log_batch(
+            run_id or mlflow.active_run().info.run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()]
+        )
 
 
 def log_dataset(X: np.ndarray, y: np.ndarray, name: str, source: str, digest: str, context: str) -> None:

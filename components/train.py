@@ -68,9 +68,7 @@ class Recipe:
         try:
             fit, stop = val_split(self.y[rows], self.cfg.data.val_size, self.cfg.seed)
         except ValueError as e:  # sklearn: a class too small for a stratified split
-            raise DataError(
-                f"data.val_size: cannot split {len(rows)} training rows for early stopping ({e})"
-            ) from None
+            raise DataError(f"data.val_size: cannot split {len(rows)} training rows for early stopping ({e})") from None
         self.fit_rows, self.stop_rows = rows[fit], rows[stop]
 
     def augmentation(self):
@@ -85,6 +83,17 @@ class Recipe:
         model = models.build(spec)
         aug = self.augmentation()
         X_fit, X_stop = stream.Rows(self.X, self.fit_rows), stream.Rows(self.X, self.stop_rows)
-        hist = engine.fit(model, X_fit, self.y[self.fit_rows], X_stop, self.y[self.stop_rows], self.cfg.train,
-                          self.cfg.seed, augment=aug, log=log, progress=progress, **loop)
+        hist = engine.fit(
+            model,
+            X_fit,
+            self.y[self.fit_rows],
+            X_stop,
+            self.y[self.stop_rows],
+            self.cfg.train,
+            self.cfg.seed,
+            augment=aug,
+            log=log,
+            progress=progress,
+            **loop,
+        )
         return model, hist

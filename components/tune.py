@@ -2,6 +2,7 @@
 (name, storage, sampler, pruner, crash recovery, trial budget) and one trial's objective.
 
 No MLflow here: the objective reports through a `log(metrics, step)` callback."""
+
 from __future__ import annotations
 
 import fcntl
@@ -9,10 +10,9 @@ import hashlib
 import json
 import math
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import optuna
@@ -29,20 +29,27 @@ FORMAT = "mlpipe.best_params/1"
 _NOT_IN_NAME = ("enabled", "n_trials", "n_workers", "storage", "heartbeat_s")
 # keys the search space sets (or that do not change results): their values in params.yaml do not matter
 # (val_every: a trial validates every epoch whatever it says, see objective)
-_SEARCHED = {"train": ("lr", "weight_decay", "batch_size", "epochs", "num_threads", "val_every"),
-             "model": ("dropout", "channels", "hidden")}
+_SEARCHED = {
+    "train": ("lr", "weight_decay", "batch_size", "epochs", "num_threads", "val_every"),
+    "model": ("dropout", "channels", "hidden"),
+}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 # ---- search space -----------------------------------------------------------------------
 
+
 def scale_augment(cfg: AugmentConfig, s: float) -> dict[str, Any]:
     """The augment section's magnitudes times s, clipped to their allowed ranges."""
     if not cfg.enabled:
         return {}
-    return {"augment.shift": min(8, round(cfg.shift * s)), "augment.rotation": min(45.0, cfg.rotation * s),
-            "augment.noise_std": min(1.0, cfg.noise_std * s), "augment.cutout": min(32, round(cfg.cutout * s)),
-            "augment.tabular_noise_std": min(1.0, cfg.tabular_noise_std * s)}
+    return {
+        "augment.shift": min(8, round(cfg.shift * s)),
+        "augment.rotation": min(45.0, cfg.rotation * s),
+        "augment.noise_std": min(1.0, cfg.noise_std * s),
+        "augment.cutout": min(32, round(cfg.cutout * s)),
+        "augment.tabular_noise_std": min(1.0, cfg.tabular_noise_std * s),
+    }
 
 
 def search_space(trial: optuna.Trial, cfg: Config, arch: str) -> dict[str, Any]:
@@ -83,15 +90,21 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], origin: str = "tuned
 
 # ---- study ------------------------------------------------------------------------------
 
+
 def study_name(cfg: Config, data_hash: str, dataset: str) -> str:
     """Data hash + search space + everything else a trial's result depends on: re-running
     with the same inputs resumes the same study; n_trials, n_workers and storage do not count."""
     d = cfg.to_dict()
-    material = {"data": data_hash, "seed": d["seed"], "val_size": d["data"]["val_size"],
-                "tune": {k: v for k, v in d["tune"].items() if k not in _NOT_IN_NAME},
-                "model": {k: v for k, v in d["model"].items() if k not in _SEARCHED["model"]}, "augment": d["augment"],
-                "train": {k: v for k, v in d["train"].items() if k not in _SEARCHED["train"]},
-                "cv": d["cv"]["folds"] if cfg.tune.objective == "cv" else None}
+    material = {
+        "data": data_hash,
+        "seed": d["seed"],
+        "val_size": d["data"]["val_size"],
+        "tune": {k: v for k, v in d["tune"].items() if k not in _NOT_IN_NAME},
+        "model": {k: v for k, v in d["model"].items() if k not in _SEARCHED["model"]},
+        "augment": d["augment"],
+        "train": {k: v for k, v in d["train"].items() if k not in _SEARCHED["train"]},
+        "cv": d["cv"]["folds"] if cfg.tune.objective == "cv" else None,
+    }
     digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:12]
     return f"mlpipe-{dataset}-{digest}"
 
@@ -120,10 +133,16 @@ def make_storage(cfg: Config, journal: Path):
         try:
             with warnings.catch_warnings():  # heartbeat and retry are "experimental" since Optuna 2.x
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(_with_driver(t.storage), heartbeat_interval=t.heartbeat_s, grace_period=4 * t.heartbeat_s,
-                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+                return RDBStorage(
+                    _with_driver(t.storage),
+                    heartbeat_interval=t.heartbeat_s,
+                    grace_period=4 * t.heartbeat_s,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                )
         except Exception as e:  # noqa: BLE001 - bad URL, missing driver, unreachable server
-            raise ConfigError(f"tune.storage: cannot open {t.storage!r} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+            raise ConfigError(
+                f"tune.storage: cannot open {t.storage!r} ({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from None
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -139,8 +158,9 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     if t.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=t.min_resource, reduction_factor=t.reduction_factor)
     if t.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=t.min_resource, max_resource=t.epochs[1],
-                                              reduction_factor=t.reduction_factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=t.min_resource, max_resource=t.epochs[1], reduction_factor=t.reduction_factor
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -148,8 +168,14 @@ def open_study(cfg: Config, name: str, storage, worker: int = 0) -> optuna.Study
     """Create or load the study. Each worker seeds its sampler differently: identically seeded
     parallel workers would propose the same random start-up trials."""
     direction = "minimize" if cfg.tune.metric == "val_loss" else "maximize"
-    return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=direction,
-                               sampler=optuna.samplers.TPESampler(seed=cfg.seed + 1000 * worker), pruner=make_pruner(cfg))
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
+        direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed + 1000 * worker),
+        pruner=make_pruner(cfg),
+    )
 
 
 def retry_stale(study: optuna.Study, heartbeat: bool) -> list[int]:
@@ -175,11 +201,32 @@ def default_params(cfg: Config, arch: str) -> dict[str, Any] | None:
     widths = list(m.channels if arch == "cnn" else m.hidden)
     width, depth = widths[0], len(widths)
     shape = [width * 2**i for i in range(depth)] if arch == "cnn" else [width] * depth
-    p = {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay, "batch_size": cfg.train.batch_size,
-         "epochs": cfg.train.epochs, "dropout": m.dropout, "width": width, "depth": depth, "aug_strength": 1.0}
-    inside = (widths == shape and width in t.width and p["batch_size"] in t.batch_size
-              and all(lo <= p[k] <= hi for k, (lo, hi) in (("lr", t.lr), ("weight_decay", t.weight_decay), ("epochs", t.epochs),
-                                                          ("dropout", t.dropout), ("depth", t.depth), ("aug_strength", t.aug_strength))))
+    p = {
+        "lr": cfg.train.lr,
+        "weight_decay": cfg.train.weight_decay,
+        "batch_size": cfg.train.batch_size,
+        "epochs": cfg.train.epochs,
+        "dropout": m.dropout,
+        "width": width,
+        "depth": depth,
+        "aug_strength": 1.0,
+    }
+    inside = (
+        widths == shape
+        and width in t.width
+        and p["batch_size"] in t.batch_size
+        and all(
+            lo <= p[k] <= hi
+            for k, (lo, hi) in (
+                ("lr", t.lr),
+                ("weight_decay", t.weight_decay),
+                ("epochs", t.epochs),
+                ("dropout", t.dropout),
+                ("depth", t.depth),
+                ("aug_strength", t.aug_strength),
+            )
+        )
+    )
     return p if inside else None
 
 
@@ -232,9 +279,11 @@ def run_one(study: optuna.Study, objective, n_trials: int, lock_path: Path) -> b
 
 # ---- objective --------------------------------------------------------------------------
 
+
 @dataclass
 class TrialData:
     """What a trial trains on: the training split of the prepared dataset."""
+
     X: np.ndarray  # (N, *feature_shape) float32
     y: np.ndarray  # (N,) int64
     kind: str
@@ -277,15 +326,31 @@ def objective(trial: optuna.Trial, cfg: Config, data: TrialData, log: train.LogF
     try:
         if cfg.tune.objective == "cv":
             # pruning watches fold 0's epochs (the same signal as holdout); later folds run in full
-            folds = cv.cross_validate(data.X, data.y, spec, tcfg, data.kind, data.value_range, data.classes,
-                                      fold_log=lambda i: report if i == 0 else None)
+            folds = cv.cross_validate(
+                data.X,
+                data.y,
+                spec,
+                tcfg,
+                data.kind,
+                data.value_range,
+                data.classes,
+                fold_log=lambda i: report if i == 0 else None,
+            )
             s = cv.summarize(folds)
-            attrs = {"val_accuracy": s["accuracy_mean"], "val_loss": s["loss_mean"], "val_accuracy_std": s["accuracy_std"]}
+            attrs = {
+                "val_accuracy": s["accuracy_mean"],
+                "val_loss": s["loss_mean"],
+                "val_accuracy_std": s["accuracy_std"],
+            }
         else:
             _, hist = train.Recipe(tcfg, data.X, data.y, data.kind, data.value_range).fit(spec, log=report)
             best = hist.epochs[hist.best_epoch - 1]
-            attrs = {"val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"], "best_epoch": hist.best_epoch,
-                     "epochs_run": len(hist.epochs)}
+            attrs = {
+                "val_accuracy": best["val_accuracy"],
+                "val_loss": best["val_loss"],
+                "best_epoch": hist.best_epoch,
+                "epochs_run": len(hist.epochs),
+            }
     except optuna.TrialPruned as e:
         trial.set_user_attr("pruned_reason", str(e))
         raise
@@ -301,17 +366,29 @@ def objective(trial: optuna.Trial, cfg: Config, data: TrialData, log: train.LogF
 
 # ---- result -----------------------------------------------------------------------------
 
+
 def best_params(study: optuna.Study, cfg: Config, data_hash: str) -> dict:
     """The payload of best_params.json: the best trial's config overrides."""
     try:
         best = study.best_trial
     except ValueError:
         c = counts(study)
-        raise MlpipeError(f"tune: no trial of study {study.study_name} completed ({c['pruned']} pruned, {c['fail']} failed); "
-                          "widen the tune bounds, lower tune.min_resource or raise tune.n_trials") from None
-    return {"format": FORMAT, "tuned": True, "study": study.study_name, "data_hash": data_hash, "metric": cfg.tune.metric,
-            "value": best.value, "best_trial": best.number, "params": best.params,
-            "val_accuracy": best.user_attrs.get("val_accuracy"), "overrides": best.user_attrs["overrides"]}
+        raise MlpipeError(
+            f"tune: no trial of study {study.study_name} completed ({c['pruned']} pruned, {c['fail']} failed); "
+            "widen the tune bounds, lower tune.min_resource or raise tune.n_trials"
+        ) from None
+    return {
+        "format": FORMAT,
+        "tuned": True,
+        "study": study.study_name,
+        "data_hash": data_hash,
+        "metric": cfg.tune.metric,
+        "value": best.value,
+        "best_trial": best.number,
+        "params": best.params,
+        "val_accuracy": best.user_attrs.get("val_accuracy"),
+        "overrides": best.user_attrs["overrides"],
+    }
 
 
 def untuned(data_hash: str) -> dict:
@@ -335,7 +412,9 @@ def apply_best(cfg: Config, path: Path, data_hash: str | None = None) -> Config:
     if payload.get("format") != FORMAT:
         raise MlpipeError(f"{path}: not an mlpipe best-params file (expected format {FORMAT})")
     if data_hash is not None and payload.get("data_hash") != data_hash:
-        warnings.warn(f"{path}: tuned on data {payload.get('data_hash')}, this data is {data_hash}; tuned params ignored",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: tuned on data {payload.get('data_hash')}, this data is {data_hash}; tuned params ignored",
+            stacklevel=2,
+        )
         return cfg
     return apply_overrides(cfg, payload.get("overrides", {}), str(path))

@@ -4,6 +4,7 @@ GX checks one row per sample (its label, value range, non-finite count, duplicat
 flags) and one row per class (train/test counts) instead of one expectation per pixel, which
 keeps the suite at ~15 expectations whatever the feature count.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,7 +66,9 @@ def build_suites(gx, ds: Prepared, cfg: ValidateConfig):
     rng = cfg.value_range or ds.meta.value_range
     rows = gx.ExpectationSuite(name=f"{SUITE}_samples")
     for e in [
-        E.ExpectTableColumnsToMatchSet(column_set=list(sample_frame(ds.X_test[:1], ds.y_test[:1], None).columns), exact_match=True),
+        E.ExpectTableColumnsToMatchSet(
+            column_set=list(sample_frame(ds.X_test[:1], ds.y_test[:1], None).columns), exact_match=True
+        ),
         E.ExpectTableRowCountToBeBetween(min_value=1),
         E.ExpectColumnValuesToBeInSet(column="x_dtype", value_set=["float32"]),
         E.ExpectColumnValuesToBeInSet(column="y_dtype", value_set=["int64"]),
@@ -96,8 +99,13 @@ class ValidationReport:
     docs_index: str | None = None
 
     def to_dict(self) -> dict:
-        return {"success": self.success, "n_expectations": self.n_expectations, "failures": self.failures,
-                "results": self.results, "docs_index": self.docs_index}
+        return {
+            "success": self.success,
+            "n_expectations": self.n_expectations,
+            "failures": self.failures,
+            "results": self.results,
+            "docs_index": self.docs_index,
+        }
 
 
 def _describe(batch: str, r) -> dict:
@@ -121,7 +129,10 @@ def _failure_line(d: dict) -> str:
     what = d["expectation"].removeprefix("expect_")
     bounds = {k: d["kwargs"][k] for k in ("min_value", "max_value", "value_set", "value", "mostly") if k in d["kwargs"]}
     if d["unexpected_count"]:
-        got = f"{d['unexpected_count']} unexpected ({d['unexpected_percent']:.2f}%), e.g. {d['partial_unexpected_list'][:5]}"
+        got = (
+            f"{d['unexpected_count']} unexpected ({d['unexpected_percent']:.2f}%), "
+            f"e.g. {d['partial_unexpected_list'][:5]}"
+        )
     else:
         got = f"observed {d['observed_value']}"
     return f"{d['batch']}.{column}: {what} {bounds}: {got}"
@@ -132,7 +143,6 @@ def validate(ds: Prepared, cfg: ValidateConfig, docs_dir: Path | None = None) ->
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
@@ -144,7 +154,10 @@ def validate(ds: Prepared, cfg: ValidateConfig, docs_dir: Path | None = None) ->
             site_config={
                 "class_name": "SiteBuilder",
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(Path(docs_dir).resolve()),
+                },
             },
         )
         actions.append(UpdateDataDocsAction(name="docs", site_names=["mlpipe"]))
@@ -177,4 +190,8 @@ def validate(ds: Prepared, cfg: ValidateConfig, docs_dir: Path | None = None) ->
 def require_valid(report: ValidationReport, where: str) -> None:
     if not report.success:
         lines = "\n  - ".join(report.failures)
-        raise ValidationFailed(f"data validation failed for {where} ({len(report.failures)} of {report.n_expectations} expectations):\n  - {lines}", report.failures)
+        raise ValidationFailed(
+            f"data validation failed for {where} ({len(report.failures)} of {report.n_expectations} "
+            f"expectations):\n  - {lines}",
+            report.failures,
+        )

@@ -1,4 +1,5 @@
 """`mlpipe`: the command-line surface. Heavy imports happen inside commands, so --help is quick."""
+
 from __future__ import annotations
 
 import os
@@ -10,30 +11,44 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="mlpipe: a dataset to a validated, tracked, registered and promoted model.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="mlpipe: a dataset to a validated, tracked, registered and promoted model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 err = Console(stderr=True)
 out = Console()
 
 PARAMS = typer.Option("params.yaml", "--params", "-p", help="Config file (shared with DVC).")
 SETS = typer.Option(None, "--set", "-s", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
-NO_WAIT = typer.Option(False, "--no-wait", help="Fail at once (exit 2) when another run holds this project folder, "
-                       "instead of waiting for it.")
+NO_WAIT = typer.Option(
+    False,
+    "--no-wait",
+    help="Fail at once (exit 2) when another run holds this project folder, instead of waiting for it.",
+)
 
 
 def _env() -> None:
     """Quiet, offline-friendly defaults for the tools; set before they are imported."""
-    for k, v in {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GIT_PYTHON_REFRESH": "quiet",
-                 # Prefect's temporary API server gets 20 s to start by default: too little on a busy 2-core machine
-                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
+    for k, v in {
+        "DVC_NO_ANALYTICS": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "GIT_PYTHON_REFRESH": "quiet",
+        # Prefect's temporary API server gets 20 s to start by default: too little on a busy 2-core machine
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    }.items():
         os.environ.setdefault(k, v)
 
 
 def _fail(e: Exception) -> None:
     from rich.markup import escape
 
-    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)  # messages may hold [brackets]
+    err.print(
+        f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True
+    )  # messages may hold [brackets]
     raise typer.Exit(2)
 
 
@@ -48,9 +63,12 @@ def _config(params: Path, sets: list[str] | None):
 
 
 @app.command()
-def run(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
-        refresh: bool = typer.Option(False, "--refresh", help="Ignore cached stage results and run every stage."),
-        no_wait: bool = NO_WAIT):
+def run(
+    params: Path = PARAMS,
+    sets: Optional[list[str]] = SETS,
+    refresh: bool = typer.Option(False, "--refresh", help="Ignore cached stage results and run every stage."),
+    no_wait: bool = NO_WAIT,
+):
     """Run the whole pipeline as a Prefect flow and print a summary."""
     _env()
     _config(params, sets)  # fail fast, before Prefect starts
@@ -58,8 +76,9 @@ def run(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
     from flows.pipeline import pipeline
 
     try:
-        result = pipeline(params=str(params), overrides=list(sets or []), root=str(Path.cwd()), refresh=refresh,
-                          wait=not no_wait)
+        result = pipeline(
+            params=str(params), overrides=list(sets or []), root=str(Path.cwd()), refresh=refresh, wait=not no_wait
+        )
     except MlpipeError as e:
         _fail(e)
     table = Table(title="mlpipe run", show_header=False)
@@ -69,8 +88,14 @@ def run(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
 
 
 @app.command()
-def stage(name: str = typer.Argument(..., help="ingest | validate | augment | tune | cv | train | evaluate | compress | register"),
-          params: Path = PARAMS, sets: Optional[list[str]] = SETS, no_wait: bool = NO_WAIT):
+def stage(
+    name: str = typer.Argument(
+        ..., help="ingest | validate | augment | tune | cv | train | evaluate | compress | register"
+    ),
+    params: Path = PARAMS,
+    sets: Optional[list[str]] = SETS,
+    no_wait: bool = NO_WAIT,
+):
     """Run one stage on its own (each dvc.yaml stage calls this)."""
     _env()
     from flows import stages
@@ -80,9 +105,8 @@ def stage(name: str = typer.Argument(..., help="ingest | validate | augment | tu
     cfg = _config(params, sets)
     from components import tracking
     from components.errors import MlpipeError
-    from flows.paths import Paths
-
     from flows.locks import command_line, project_lock
+    from flows.paths import Paths
 
     paths = Paths(Path.cwd())
     try:
@@ -96,12 +120,19 @@ def stage(name: str = typer.Argument(..., help="ingest | validate | augment | tu
 
 
 @app.command()
-def predict(input: Path = typer.Argument(..., help="An .npz (array X), a CSV of feature columns, or a folder of images."),
-            model: str = typer.Option(..., "--model", "-m", help="Model URI: models:/NAME@champion, models:/NAME/VERSION, runs:/ID/model."),
-            params: Path = PARAMS,
-            skip_invalid: bool = typer.Option(False, "--skip-invalid",
-                                              help="Leave out rows with NaN or infinite values (listed on stderr) "
-                                                   "instead of stopping; the rest keep their row numbers.")):
+def predict(
+    input: Path = typer.Argument(..., help="An .npz (array X), a CSV of feature columns, or a folder of images."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Model URI: models:/NAME@champion, models:/NAME/VERSION, runs:/ID/model."
+    ),
+    params: Path = PARAMS,
+    skip_invalid: bool = typer.Option(
+        False,
+        "--skip-invalid",
+        help="Leave out rows with NaN or infinite values (listed on stderr) "
+        "instead of stopping; the rest keep their row numbers.",
+    ),
+):
     """Print one prediction per input row or image (rows named by their number in the file, from 0)."""
     _env()
     cfg = _config(params, None) if params.exists() else None
@@ -122,8 +153,14 @@ def predict(input: Path = typer.Argument(..., help="An .npz (array X), a CSV of 
         pred = clf.predict(X)
         # finite inputs far outside the training range can still overflow the logits
         conf = pred["confidence"].to_numpy()
-        names, pred = drop_rows(names, pred, ~np.isfinite(conf), "where the model's output is not finite "
-                                "(values far outside the training data?)", input, skipped)
+        names, pred = drop_rows(
+            names,
+            pred,
+            ~np.isfinite(conf),
+            "where the model's output is not finite (values far outside the training data?)",
+            input,
+            skipped,
+        )
     except MlpipeError as e:
         _fail(e)
     if skipped:
@@ -134,8 +171,13 @@ def predict(input: Path = typer.Argument(..., help="An .npz (array X), a CSV of 
 
 
 @app.command()
-def deploy(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
-           image: Optional[str] = typer.Option(None, "--image", help="Docker/Kubernetes pools: the project image (infra/Dockerfile).")):
+def deploy(
+    params: Path = PARAMS,
+    sets: Optional[list[str]] = SETS,
+    image: Optional[str] = typer.Option(
+        None, "--image", help="Docker/Kubernetes pools: the project image (infra/Dockerfile)."
+    ),
+):
     """Create the Prefect deployment mlpipe/<schedule.name> (cron + timezone from params.yaml). Without
     schedule.work_pool it is served here and this command keeps running; with one, it is registered and returns."""
     _env()
@@ -149,15 +191,21 @@ def deploy(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
         dep = d.to_pool(cfg, params, sets, Path.cwd(), image)
     except MlpipeError as e:
         _fail(e)
-    out.print(f"deployment mlpipe/{cfg.schedule.name} ({dep}) on work pool {cfg.schedule.work_pool}; "
-              f"start a worker: prefect worker start --pool {cfg.schedule.work_pool}", highlight=False, soft_wrap=True)
+    out.print(
+        f"deployment mlpipe/{cfg.schedule.name} ({dep}) on work pool {cfg.schedule.work_pool}; "
+        f"start a worker: prefect worker start --pool {cfg.schedule.work_pool}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
-def serve(params: Path = PARAMS,
-          mlflow_port: int = typer.Option(5000, help="MLflow server port on 127.0.0.1."),
-          prefect_port: int = typer.Option(4200, help="Prefect server port on 127.0.0.1."),
-          no_deploy: bool = typer.Option(False, "--no-deploy", help="Servers only, without the scheduled deployment.")):
+def serve(
+    params: Path = PARAMS,
+    mlflow_port: int = typer.Option(5000, help="MLflow server port on 127.0.0.1."),
+    prefect_port: int = typer.Option(4200, help="Prefect server port on 127.0.0.1."),
+    no_deploy: bool = typer.Option(False, "--no-deploy", help="Servers only, without the scheduled deployment."),
+):
     """Start mlflow server (SQLite, WAL), the Prefect server and the deployment's serve process in the
     background on 127.0.0.1 (pid files and logs in .mlpipe/servers/); `mlpipe stop` stops them."""
     _env()
@@ -172,7 +220,9 @@ def serve(params: Path = PARAMS,
         _fail(e)
     for s in started:
         out.print(f"{s.name:8} pid {s.pid}  {s.url}  log {s.log}", highlight=False, soft_wrap=True)
-    out.print(f"export MLFLOW_TRACKING_URI={started[0].url} PREFECT_API_URL={started[1].url}", highlight=False, soft_wrap=True)
+    out.print(
+        f"export MLFLOW_TRACKING_URI={started[0].url} PREFECT_API_URL={started[1].url}", highlight=False, soft_wrap=True
+    )
 
 
 @app.command()
@@ -186,9 +236,12 @@ def stop():
 
 
 @app.command()
-def dashboard(params: Path = PARAMS, sets: Optional[list[str]] = SETS,
-              host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-              port: int = typer.Option(8080, "--port", help="Port to listen on.")):
+def dashboard(
+    params: Path = PARAMS,
+    sets: Optional[list[str]] = SETS,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8080, "--port", help="Port to listen on."),
+):
     """Open optuna-dashboard on the tuning studies (the journal file, or tune.storage)."""
     _env()
     from components.config import load_config

@@ -2,6 +2,7 @@
 
 Rows are named by their position in the file (0 = the first data row), so that output lines keep
 their input's number when invalid rows are left out."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,13 @@ MAX_PIXELS = DataConfig().max_pixels
 SHOWN = 10  # row numbers listed in a message
 
 
-def read_inputs(path: Path, shape: tuple[int, ...], label_column: str = "label", max_pixels: int = MAX_PIXELS,
-                skipped: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+def read_inputs(
+    path: Path,
+    shape: tuple[int, ...],
+    label_column: str = "label",
+    max_pixels: int = MAX_PIXELS,
+    skipped: list[str] | None = None,
+) -> tuple[list[str], np.ndarray]:
     """-> (a name per row, X of shape (N, *shape) float32, N >= 1, every value finite).
 
     A row with NaN or inf is an error naming it; with a `skipped` list it is left out and its name
@@ -52,8 +58,10 @@ def drop_rows(names: list[str], X, bad: np.ndarray, why: str, path: Path, skippe
     rows = [n for n, b in zip(names, bad) if b]
     listed = ", ".join(rows[:SHOWN]) + (f", ... ({len(rows)} in all)" if len(rows) > SHOWN else "")
     if skipped is None:
-        raise DataError(f"{path}: {len(rows)} row(s) {why}: row{'s' if len(rows) > 1 else ''} {listed} "
-                        f"(numbered from 0); fix them, or pass --skip-invalid to leave them out")
+        raise DataError(
+            f"{path}: {len(rows)} row(s) {why}: row{'s' if len(rows) > 1 else ''} {listed} "
+            f"(numbered from 0); fix them, or pass --skip-invalid to leave them out"
+        )
     if bad.all():
         raise DataError(f"{path}: every row ({len(rows)}) {why}; nothing to predict")
     skipped += rows
@@ -81,8 +89,9 @@ def _read_npz(path: Path) -> np.ndarray:
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
     if X.ndim == 0 or not np.issubdtype(X.dtype, np.number):
-        raise DataError(f"{path}: X must be a numeric array with one row per input; "
-                        f"got dtype {X.dtype}, shape {X.shape}")
+        raise DataError(
+            f"{path}: X must be a numeric array with one row per input; got dtype {X.dtype}, shape {X.shape}"
+        )
     return X.astype(np.float32)
 
 

@@ -16,8 +16,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 from components.errors import MlpipeError
 from flows.paths import Paths
@@ -89,8 +89,9 @@ def project_lock(paths: Paths, command: str, wait: bool = True, say: Callable[[s
             f.seek(0)
             holder = _holder(f.read())
             if not wait:
-                raise ProjectBusy(f"{paths.root} is in use by {holder}; wait for it, or run without --no-wait "
-                                  "to queue behind it") from None
+                raise ProjectBusy(
+                    f"{paths.root} is in use by {holder}; wait for it, or run without --no-wait to queue behind it"
+                ) from None
             say(f"waiting for {holder} to finish: one run at a time in {paths.root}")
             fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)

@@ -3,6 +3,7 @@
 Stage results are cached on (data hash, the config keys the stage reads, the code), as the stage
 table (flows/stages/__init__.py) says, so a re-run after a failure skips the stages that finished.
 Ingest always runs (it computes the data hash); register is never cached: it changes the registry."""
+
 from __future__ import annotations
 
 import hashlib
@@ -48,9 +49,17 @@ def config_slice(cfg: Config, keys: tuple[str, ...]) -> dict:
 
 def _cache_key(stage: Stage):
     def key(_ctx, params: dict) -> str:
-        material = {"stage": stage.name, "config": config_slice(params["cfg"], stage.reads),
-                    "upstream": params.get("upstream"), "root": str(params["paths"].root), "code": code_hash()}
-        return f"mlpipe-{stage.name}-" + hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        material = {
+            "stage": stage.name,
+            "config": config_slice(params["cfg"], stage.reads),
+            "upstream": params.get("upstream"),
+            "root": str(params["paths"].root),
+            "code": code_hash(),
+        }
+        return (
+            f"mlpipe-{stage.name}-"
+            + hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        )
 
     return key
 
@@ -68,6 +77,7 @@ def _transient(_task, _run, state) -> bool:
 
 def _task(stage: Stage):
     """The Prefect task of a stage, as the table describes it."""
+
     def run(cfg: Config, paths: Paths, upstream: dict, parent: str) -> dict:
         return stage.run(cfg, paths, parent)
 
@@ -108,7 +118,9 @@ def _call(name: str, cfg: Config, paths: Paths, upstream: dict, parent: str, ref
         manifest = paths.cache_manifest(key)
         stale = not manifest.exists() or json.loads(manifest.read_text()) != output_hashes(paths, stage)
     paths.prefect_results.mkdir(parents=True, exist_ok=True)
-    result = t.with_options(refresh_cache=refresh or stale, result_storage=paths.prefect_results)(cfg, paths, upstream, parent)
+    result = t.with_options(refresh_cache=refresh or stale, result_storage=paths.prefect_results)(
+        cfg, paths, upstream, parent
+    )
     if manifest is not None:
         write_json(manifest, output_hashes(paths, stage))
     return result
@@ -116,8 +128,17 @@ def _call(name: str, cfg: Config, paths: Paths, upstream: dict, parent: str, ref
 
 def _tune_rows(out: dict) -> list[tuple[str, str]]:
     t, c = out.get("tune", {}), out.get("cv", {})
-    rows = [("tuning", f"study {t['study']}: best trial {t['best_trial']} of {t['complete']} complete + {t['pruned']} pruned, "
-                       f"val accuracy {t['best_val_accuracy']:.4f}")] if t.get("study") else []
+    rows = (
+        [
+            (
+                "tuning",
+                f"study {t['study']}: best trial {t['best_trial']} of {t['complete']} complete + {t['pruned']} pruned, "
+                f"val accuracy {t['best_val_accuracy']:.4f}",
+            )
+        ]
+        if t.get("study")
+        else []
+    )
     if c.get("folds"):
         rows.append(("cv accuracy", f"{c['accuracy_mean']:.4f} +- {c['accuracy_std']:.4f} ({c['folds']} folds)"))
     return rows
@@ -133,8 +154,11 @@ def summarize(out: dict) -> list[tuple[str, str]]:
         ("test macro F1", f"{ev['test_f1_macro']:.4f}"),
         ("test ROC AUC (ovr)", f"{ev['test_roc_auc_ovr']:.4f}"),
         ("registered", f"{reg['model_name']} v{reg['version']}"),
-        ("variants", ", ".join(f"{k} v{v}" for k, v in reg.get("variants", {}).items())
-         + "".join(f"; {k} rejected: {why}" for k, why in reg.get("rejected", {}).items())),
+        (
+            "variants",
+            ", ".join(f"{k} v{v}" for k, v in reg.get("variants", {}).items())
+            + "".join(f"; {k} rejected: {why}" for k, why in reg.get("rejected", {}).items()),
+        ),
         ("gate considered", f"{reg.get('variant', 'fp32')} ({reg.get('selection', '')})"),
         ("promoted", ("yes: " if reg["promoted"] else "no: ") + "; ".join(reg["reasons"])),
         ("MLflow run", out["run_id"]),
@@ -143,8 +167,13 @@ def summarize(out: dict) -> list[tuple[str, str]]:
 
 
 @flow(name="mlpipe", log_prints=True)
-def pipeline(params: str = "params.yaml", overrides: list[str] | None = None, root: str = ".", refresh: bool = False,
-             wait: bool = True) -> dict:
+def pipeline(
+    params: str = "params.yaml",
+    overrides: list[str] | None = None,
+    root: str = ".",
+    refresh: bool = False,
+    wait: bool = True,
+) -> dict:
     """ingest -> validate (GX gate) -> augment -> tune -> cv -> train -> evaluate -> compress -> register/promote.
     One run per project folder at a time: a second one waits (wait False: fails, naming the holder)."""
     cfg = load_config(params, overrides or [])
@@ -157,7 +186,9 @@ def run_stages(cfg: Config, paths: Paths, refresh: bool) -> dict:
     uri = tracking.setup(cfg.tracking, paths.root)
     tracking.end_orphans(cfg.tracking.experiment)  # runs a killed process left RUNNING
     tags = {**run_tags(cfg, paths.root), "mlpipe.prefect_flow_run_id": flow_run.get_id() or "none"}
-    parent = tracking.start_parent(cfg.tracking.experiment, f"pipeline-{flow_run.get_name() or 'local'}", tags, cfg.to_dict())
+    parent = tracking.start_parent(
+        cfg.tracking.experiment, f"pipeline-{flow_run.get_name() or 'local'}", tags, cfg.to_dict()
+    )
     out: dict = {"run_id": parent, "tracking_uri": uri}
 
     def stage(name: str, upstream: dict) -> dict:
@@ -168,7 +199,9 @@ def run_stages(cfg: Config, paths: Paths, refresh: bool) -> dict:
 
     try:
         data = stage("ingest", {})
-        tracking.set_tags({"mlpipe.data_hash": data["data_hash"], "mlflow.note.content": f"data {data['data_hash']}"}, run_id=parent)
+        tracking.set_tags(
+            {"mlpipe.data_hash": data["data_hash"], "mlflow.note.content": f"data {data['data_hash']}"}, run_id=parent
+        )
         stage("validate", data)
         aug = stage("augment", data)
         tuned = stage("tune", {"data": data, "augment": aug})
@@ -181,9 +214,13 @@ def run_stages(cfg: Config, paths: Paths, refresh: bool) -> dict:
         tracking.end_parent(parent, ok=False, tags={"mlpipe.error": f"{type(e).__name__}: {e}"})
         raise
     reg = out["register"]
-    tracking.end_parent(parent, ok=True, tags={"mlpipe.registered_version": reg["version"], "mlpipe.promoted": reg["promoted"]})
+    tracking.end_parent(
+        parent, ok=True, tags={"mlpipe.registered_version": reg["version"], "mlpipe.promoted": reg["promoted"]}
+    )
     rows = summarize(out)
-    create_table_artifact(key="mlpipe-summary", table=[{"item": k, "value": v} for k, v in rows], description="mlpipe run summary")
+    create_table_artifact(
+        key="mlpipe-summary", table=[{"item": k, "value": v} for k, v in rows], description="mlpipe run summary"
+    )
     create_markdown_artifact(key="mlpipe-promotion", markdown="\n".join(f"- **{k}**: {v}" for k, v in rows))
     out["summary"] = rows
     return out

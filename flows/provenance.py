@@ -18,5 +18,8 @@ def git_commit(root: Path) -> str:
 
 
 def run_tags(cfg: Config, root: Path) -> dict:
-    return {"mlpipe.git_commit": git_commit(root), "mlpipe.source": cfg.data.source,
-            "mlpipe.python": platform.python_version()}
+    return {
+        "mlpipe.git_commit": git_commit(root),
+        "mlpipe.source": cfg.data.source,
+        "mlpipe.python": platform.python_version(),
+    }

@@ -4,6 +4,7 @@
 `mlpipe serve` starts them in the background, each in its own process group, with a pid file
 and a log under .mlpipe/servers/; `mlpipe stop` stops them. The integration tests start real
 servers on free ports through the same functions, and on Postgres for the shared setup."""
+
 from __future__ import annotations
 
 import os
@@ -68,28 +69,53 @@ def sqlite_wal(db: Path) -> str:
 
 
 def mlflow_command(port: int, backend: str, artifacts: str, auth: bool = False, workers: int = 2) -> list[str]:
-    cmd = [tool("mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", str(workers),
-           "--backend-store-uri", backend, "--artifacts-destination", artifacts]
+    cmd = [
+        tool("mlflow"),
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        artifacts,
+    ]
     return cmd + (["--app-name", "basic-auth"] if auth else [])
 
 
 def prefect_command(port: int, services: bool = True) -> list[str]:
     """services False: the API alone, without the scheduler and the other background loops."""
-    return [tool("prefect"), "server", "start", "--host", HOST, "--port", str(port)] + ([] if services else ["--no-services"])
+    return [tool("prefect"), "server", "start", "--host", HOST, "--port", str(port)] + (
+        [] if services else ["--no-services"]
+    )
 
 
 def prefect_env(db_url: str, home: Path) -> dict[str, str]:
     """The Prefect server's database (sqlite+aiosqlite:///... or postgresql+asyncpg://...)."""
-    return {"PREFECT_HOME": str(home), "PREFECT_SERVER_DATABASE_CONNECTION_URL": db_url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true"}
+    return {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": db_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",
+    }
 
 
 def launch(name: str, cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> int:
     """Start a process in its own session (so stop() reaches its workers too) -> pid."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     return proc.pid
 
 
@@ -98,7 +124,9 @@ def wait_healthy(server: Server, path: str, timeout: float = 120.0) -> Server:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():
-            raise ServerError(f"{server.name} exited during start-up; last log lines of {server.log}:\n{tail(server.log)}")
+            raise ServerError(
+                f"{server.name} exited during start-up; last log lines of {server.log}:\n{tail(server.log)}"
+            )
         try:
             with urllib.request.urlopen(server.url + path, timeout=2) as r:
                 if r.status == 200:
@@ -110,17 +138,28 @@ def wait_healthy(server: Server, path: str, timeout: float = 120.0) -> Server:
             pass
         time.sleep(0.3)
     stop(server.pid)
-    raise ServerError(f"{server.name} not healthy at {server.url}{path} after {timeout:.0f} s; see {server.log}:\n{tail(server.log)}")
+    raise ServerError(
+        f"{server.name} not healthy at {server.url}{path} after {timeout:.0f} s; see {server.log}:\n{tail(server.log)}"
+    )
 
 
-def launch_mlflow(state: Path, port: int, backend: str | None = None, artifacts: str | None = None,
-                  auth: bool = False, env: dict | None = None, workers: int = 2) -> Server:
+def launch_mlflow(
+    state: Path,
+    port: int,
+    backend: str | None = None,
+    artifacts: str | None = None,
+    auth: bool = False,
+    env: dict | None = None,
+    workers: int = 2,
+) -> Server:
     """backend None: SQLite in WAL mode under state/; artifacts None: state/mlartifacts. Not yet healthy."""
     state = Path(state)
     backend = backend or sqlite_wal(state / "mlflow.db")
     artifacts = artifacts or str((state / "mlartifacts").resolve())
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}  # GenAI job workers: 7 idle processes
-    pid = launch("mlflow", mlflow_command(port, backend, artifacts, auth, workers), state / "mlflow.log", env, cwd=state)
+    pid = launch(
+        "mlflow", mlflow_command(port, backend, artifacts, auth, workers), state / "mlflow.log", env, cwd=state
+    )
     return Server("mlflow", f"http://{HOST}:{port}", pid, state / "mlflow.log")
 
 
@@ -128,7 +167,13 @@ def launch_prefect(state: Path, port: int, db_url: str | None = None, services: 
     """db_url None: SQLite under state/ (Prefect turns on WAL itself). Not yet healthy."""
     state = Path(state)
     db_url = db_url or f"sqlite+aiosqlite:///{(state / 'prefect.db').resolve()}"
-    pid = launch("prefect", prefect_command(port, services), state / "prefect.log", prefect_env(db_url, state / "prefect-home"), cwd=state)
+    pid = launch(
+        "prefect",
+        prefect_command(port, services),
+        state / "prefect.log",
+        prefect_env(db_url, state / "prefect-home"),
+        cwd=state,
+    )
     return Server("prefect", f"http://{HOST}:{port}/api", pid, state / "prefect.log")
 
 
@@ -191,6 +236,7 @@ def stop(*pids: int, timeout: float = 15.0) -> None:
 
 # --- `mlpipe serve` / `mlpipe stop`: background servers with pid files ------------------------
 
+
 def write_pid(paths: Paths, server: Server) -> None:
     paths.server_pid(server.name).write_text(f"{server.pid}\n{server.url}\n")
 
@@ -217,7 +263,9 @@ def stop_all(paths: Paths) -> list[str]:
     return list(alive)
 
 
-def serve_all(paths: Paths, params: Path, mlflow_port: int = 5000, prefect_port: int = 4200, deploy: bool = True) -> list[Server]:
+def serve_all(
+    paths: Paths, params: Path, mlflow_port: int = 5000, prefect_port: int = 4200, deploy: bool = True
+) -> list[Server]:
     """MLflow + Prefect servers and the deployment's serve process, in the background."""
     if running(paths):
         raise ServerError(f"servers already running ({', '.join(running(paths))}); run `mlpipe stop` first")
@@ -233,7 +281,13 @@ def serve_all(paths: Paths, params: Path, mlflow_port: int = 5000, prefect_port:
         start_both(*started)
         if deploy:
             env = {"PREFECT_API_URL": started[1].url, "MLFLOW_TRACKING_URI": started[0].url}
-            pid = launch("deploy", [tool("mlpipe"), "deploy", "--params", str(params)], paths.server_log("deploy"), env, cwd=paths.root)
+            pid = launch(
+                "deploy",
+                [tool("mlpipe"), "deploy", "--params", str(params)],
+                paths.server_log("deploy"),
+                env,
+                cwd=paths.root,
+            )
             started.append(Server("deploy", started[1].url, pid, paths.server_log("deploy")))
             write_pid(paths, started[-1])
             from components.config import load_config
@@ -248,4 +302,6 @@ def serve_all(paths: Paths, params: Path, mlflow_port: int = 5000, prefect_port:
 def _port_free(port: int) -> None:
     with socket.socket() as s:
         if s.connect_ex((HOST, port)) == 0:
-            raise ServerError(f"port {port} on {HOST} is already in use; pick another with --mlflow-port/--prefect-port")
+            raise ServerError(
+                f"port {port} on {HOST} is already in use; pick another with --mlflow-port/--prefect-port"
+            )

@@ -1,4 +1,5 @@
 """Shared fixtures. Every test gets its own MLflow store and Prefect home under tmp_path."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The slowest files first (about 1-2.5 min each on the 2-core VM; "Test suite time" in BENCHMARKS.md):
 # with two pytest workers, `make test` hands out one file at a time, so the short files fill the gaps
 # at the end instead of one long file running alone.
-SLOWEST_FIRST = ["test_servers.py", "test_dvc.py", "test_pipeline.py", "test_shared_postgres.py", "test_ddp.py",
-                 "test_tune_e2e.py", "test_imagefolder.py"]
+SLOWEST_FIRST = [
+    "test_servers.py",
+    "test_dvc.py",
+    "test_pipeline.py",
+    "test_shared_postgres.py",
+    "test_ddp.py",
+    "test_tune_e2e.py",
+    "test_imagefolder.py",
+]
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -107,10 +115,22 @@ def child_processes(pid: int, module: str) -> list:
 
 def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """The real entry point, as a user runs it."""
-    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(cwd / ".prefect"), **(env or {})}
+    full_env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PREFECT_HOME": str(cwd / ".prefect"),
+        **(env or {}),
+    }
     full_env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([str(BIN / "mlpipe"), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(BIN / "mlpipe"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def client_for(project: Path):

@@ -36,16 +36,33 @@ class Stage:
 # ingest is never cached (its source file can change under the same config; later stages key on
 # its data hash); register is never cached (it changes the registry)
 STAGES = (
-    Stage("ingest", ("seed", "data.source", "data.label_column", "data.classes", "data.image_size", "data.grayscale",
-                     "data.test_size", "data.max_pixels"), ("prepared",), cached=False, retries=2),
+    Stage(
+        "ingest",
+        (
+            "seed",
+            "data.source",
+            "data.label_column",
+            "data.classes",
+            "data.image_size",
+            "data.grayscale",
+            "data.test_size",
+            "data.max_pixels",
+        ),
+        ("prepared",),
+        cached=False,
+        retries=2,
+    ),
     Stage("validate", ("validate",), ("validation",)),
     Stage("augment", ("augment",), ("augmented",)),
     Stage("tune", (*TRAINING, "tune", "cv"), ("tune_dir",)),
     Stage("cv", (*TRAINING, "cv"), ("cv_folds", "cv_metrics")),
     Stage("train", TRAINING, ("model_file", "history")),
     Stage("evaluate", (), ("eval_metrics", "confusion_json", "confusion_png", "learning_curves")),
-    Stage("compress", ("seed", "data.val_size", "augment", "train", "compress"),
-          ("compressed", "compress_table", "compress_table_md", "compress_metrics", "compress_pareto")),
+    Stage(
+        "compress",
+        ("seed", "data.val_size", "augment", "train", "compress"),
+        ("compressed", "compress_table", "compress_table_md", "compress_metrics", "compress_pareto"),
+    ),
     Stage("register", ("promote", "tracking"), ("promotion",), cached=False, retries=2),
 )
 BY_NAME = {s.name: s for s in STAGES}

@@ -13,8 +13,20 @@ from components.config import Config
 from components.fileio import atomic_dir, write_json
 from flows.paths import Paths
 
-FIGURES = ("accuracy", "accuracy_drop", "f1_macro", "size_bytes", "gzip_bytes", "params", "nonzeros", "sparsity",
-           "macs", "latency_b1_ms", "latency_b256_ms", "peak_rss_mb")
+FIGURES = (
+    "accuracy",
+    "accuracy_drop",
+    "f1_macro",
+    "size_bytes",
+    "gzip_bytes",
+    "params",
+    "nonzeros",
+    "sparsity",
+    "macs",
+    "latency_b1_ms",
+    "latency_b256_ms",
+    "peak_rss_mb",
+)
 
 
 def file_hash(path: Path) -> str:
@@ -24,13 +36,33 @@ def file_hash(path: Path) -> str:
 def _measure_all(cfg: Config, ds, fp32_model, made: list[dict], model_file: Path) -> list[measure.Row]:
     c = cfg.compress
     in_shape = ds.meta.feature_shape
-    todo = [{"variant": "fp32", "file": model_file, "method": "trained model", "model": fp32_model,
-             "macs": measure.count_macs(fp32_model, in_shape)}, *made]
+    todo = [
+        {
+            "variant": "fp32",
+            "file": model_file,
+            "method": "trained model",
+            "model": fp32_model,
+            "macs": measure.count_macs(fp32_model, in_shape),
+        },
+        *made,
+    ]
     rows = []
     for v in todo:
         stats = measure.onnx_stats(v["file"]) if v["model"] is None else measure.weight_stats(v["model"])
-        rows.append(measure.measure(v["variant"], v["file"], lambda t, f=v["file"]: compress.load_model_file(f, t)[0],
-                                    v["method"], ds.X_test, ds.y_test, v["macs"], stats, c.threads, c.repeats))
+        rows.append(
+            measure.measure(
+                v["variant"],
+                v["file"],
+                lambda t, f=v["file"]: compress.load_model_file(f, t)[0],
+                v["method"],
+                ds.X_test,
+                ds.y_test,
+                v["macs"],
+                stats,
+                c.threads,
+                c.repeats,
+            )
+        )
     return measure.apply_budget(rows, c.max_accuracy_drop)
 
 
@@ -47,8 +79,11 @@ def _write_reports(rows: list[dict], paths: Paths, model_hash: str, data_hash: s
 
 def _log_children(rows: list[dict], parent: str) -> None:
     for r in rows:
-        with tracking.stage_run(f"compress/{r['variant']}", parent, tags={"variant": r["variant"],
-                                "mlpipe.accepted": r["accepted"], "mlpipe.reason": r["reason"]}):
+        with tracking.stage_run(
+            f"compress/{r['variant']}",
+            parent,
+            tags={"variant": r["variant"], "mlpipe.accepted": r["accepted"], "mlpipe.reason": r["reason"]},
+        ):
             tracking.log_params({"variant": r["variant"], "method": r["method"]})
             tracking.log_metrics({k: r[k] for k in FIGURES})
             tracking.log_artifact(r["file"], "variant")
@@ -58,18 +93,29 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
     with tracking.stage_run("compress", parent) as run_id:
         ds = data.load_prepared(paths.prepared)
         model, spec, classes = models.load(paths.model_file)
-        recipe = train.Recipe(cfg, ds.X_train, ds.y_train, ds.meta.kind, ds.meta.value_range)  # train's rows and augmentation
-        fit = compress.fine_tuner(ds.X_train[recipe.fit_rows], ds.y_train[recipe.fit_rows], ds.X_train[recipe.stop_rows],
-                                  ds.y_train[recipe.stop_rows], cfg.seed, recipe.augmentation(), cfg.compress)
+        recipe = train.Recipe(
+            cfg, ds.X_train, ds.y_train, ds.meta.kind, ds.meta.value_range
+        )  # train's rows and augmentation
+        fit = compress.fine_tuner(
+            ds.X_train[recipe.fit_rows],
+            ds.y_train[recipe.fit_rows],
+            ds.X_train[recipe.stop_rows],
+            ds.y_train[recipe.stop_rows],
+            cfg.seed,
+            recipe.augmentation(),
+            cfg.compress,
+        )
         # fine-tunes keep their best validation epoch (as measured for BENCHMARKS.md, issue 5)
-        tcfg = cfg.train.model_copy(update={"lr": cfg.compress.finetune_lr, "scheduler": "cosine", "patience": 10**6,
-                                            "keep": "best"})
+        tcfg = cfg.train.model_copy(
+            update={"lr": cfg.compress.finetune_lr, "scheduler": "cosine", "patience": 10**6, "keep": "best"}
+        )
         train.seed_everything(cfg.seed)
         calib = ds.X_train[recipe.fit_rows][: cfg.compress.calibration_samples]
         variants = tuple(cfg.compress.variants) if cfg.compress.enabled else ()
         with atomic_dir(paths.compressed) as tmp:
-            made = compress.build_variants(model, spec, classes, calib,
-                                           cfg.compress.model_copy(update={"variants": variants}), fit, tcfg, tmp)
+            made = compress.build_variants(
+                model, spec, classes, calib, cfg.compress.model_copy(update={"variants": variants}), fit, tcfg, tmp
+            )
         for v in made:  # the folder was renamed into place
             v["file"] = paths.compressed / Path(v["file"]).name
         rows = [r.to_dict() for r in _measure_all(cfg, ds, model, made, paths.model_file)]
@@ -79,5 +125,12 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
         for f in (paths.compress_table, paths.compress_table_md, paths.compress_metrics, paths.compress_pareto):
             tracking.log_artifact(f, "compress")
         _log_children(rows, run_id)
-        return {r["variant"]: {"accuracy": r["accuracy"], "accepted": r["accepted"], "size_bytes": r["size_bytes"],
-                               "latency_b1_ms": r["latency_b1_ms"]} for r in rows}
+        return {
+            r["variant"]: {
+                "accuracy": r["accuracy"],
+                "accepted": r["accepted"],
+                "size_bytes": r["size_bytes"],
+                "latency_b1_ms": r["latency_b1_ms"],
+            }
+            for r in rows
+        }

@@ -23,8 +23,14 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
         cv.check_folds(ds.y_train, m.classes, cfg.cv.folds)  # before any training
         spec = models.spec_for(cfg.model, m)
         train.set_threads(cfg.train.num_threads)
-        tracking.log_params({"folds": cfg.cv.folds, "model": cfg.section("model"), "train": cfg.section("train"),
-                             "augment": cfg.section("augment")})
+        tracking.log_params(
+            {
+                "folds": cfg.cv.folds,
+                "model": cfg.section("model"),
+                "train": cfg.section("train"),
+                "augment": cfg.section("augment"),
+            }
+        )
 
         def fold_run(i: int):
             return tracking.stage_run(f"fold-{i}", run_id, {"mlpipe.stage": "cv.fold", "mlpipe.fold": i})
@@ -32,18 +38,34 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
         def on_fold(f: cv.Fold) -> None:
             tracking.log_metrics({**{f"fold_{k}": v for k, v in f.metrics.items()}, "best_epoch": f.best_epoch})
 
-        folds = cv.cross_validate(ds.X_train, ds.y_train, spec, cfg, m.kind, m.value_range, m.classes,
-                                  fold_log=lambda i: tracking.metric_logger(), on_fold=on_fold, fold_run=fold_run)
+        folds = cv.cross_validate(
+            ds.X_train,
+            ds.y_train,
+            spec,
+            cfg,
+            m.kind,
+            m.value_range,
+            m.classes,
+            fold_log=lambda i: tracking.metric_logger(),
+            on_fold=on_fold,
+            fold_run=fold_run,
+        )
         summary = cv.summarize(folds)
         write_json(paths.cv_metrics, summary)
-        write_json(paths.cv_folds, {"data_hash": m.content_hash, "tuned": paths.best_params.exists(),
-                                                    "folds": [{"fold": f.index, "best_epoch": f.best_epoch,
-                                                               "epochs_run": f.epochs_run, **f.metrics} for f in folds]})
+        write_json(
+            paths.cv_folds,
+            {
+                "data_hash": m.content_hash,
+                "tuned": paths.best_params.exists(),
+                "folds": [
+                    {"fold": f.index, "best_epoch": f.best_epoch, "epochs_run": f.epochs_run, **f.metrics}
+                    for f in folds
+                ],
+            },
+        )
         tracking.log_metrics({f"cv_{k}": v for k, v in summary.items()})
         for f in (paths.cv_metrics, paths.cv_folds):
             tracking.log_artifact(f, "cv")
         if parent:
             tracking.log_metrics({f"cv_{k}": v for k, v in summary.items()}, run_id=parent)
         return summary
-
-

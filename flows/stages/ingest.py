@@ -12,8 +12,9 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
         ds = data.ingest(cfg.data, cfg.seed, list(cfg.data.classes) if cfg.data.classes else None)
         data.save_prepared(ds, paths.prepared)
         m = ds.meta
-        tracking.log_params({"source": m.source, "kind": m.kind, "feature_shape": m.feature_shape,
-                             "n_classes": m.n_classes})
+        tracking.log_params(
+            {"source": m.source, "kind": m.kind, "feature_shape": m.feature_shape, "n_classes": m.n_classes}
+        )
         tracking.log_metrics({"n_train": m.n_train, "n_test": m.n_test})
         tracking.set_tags({"mlpipe.data_hash": m.content_hash})
         name = data.dataset_name(m.source)

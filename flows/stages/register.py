@@ -28,13 +28,20 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
         ds = data.load_prepared(paths.prepared)
         metrics = json.loads(paths.eval_metrics.read_text())
         name = cfg.promote.model_name or f"mlpipe-{data.dataset_name(ds.meta.source)}"
-        rows, table_note = candidates(paths, file_hash(paths.model_file), ds.meta.content_hash, metrics["test_accuracy"])
-        base_tags = {"mlpipe.run_id": parent or run_id, "mlpipe.data_hash": ds.meta.content_hash,
-                     "mlpipe.git_commit": git_commit(paths.root)}
+        rows, table_note = candidates(
+            paths, file_hash(paths.model_file), ds.meta.content_hash, metrics["test_accuracy"]
+        )
+        base_tags = {
+            "mlpipe.run_id": parent or run_id,
+            "mlpipe.data_hash": ds.meta.content_hash,
+            "mlpipe.git_commit": git_commit(paths.root),
+        }
         with file_lock(paths.promote_lock):  # gate + alias move: last writer wins otherwise
             interrupted = registry.decide_interrupted(name)  # versions a killed register stage left undecided
             # same file on the same data (a cached re-run): the existing version, no duplicate
-            versions = {r["variant"]: register_variant(name, r, ds.X_test[:5], base_tags) for r in rows if r["accepted"]}
+            versions = {
+                r["variant"]: register_variant(name, r, ds.X_test[:5], base_tags) for r in rows if r["accepted"]
+            }
             chosen, selection = measure.choose(rows, cfg.promote.objective)
             version, uri = versions[chosen["variant"]]
             acc = _accuracy(uri, ds)
@@ -42,7 +49,9 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
             champ_v = None if current is None else str(current.version)
             champ_acc, notes = None, []
             if abs(acc - chosen["accuracy"]) > 1e-9:
-                notes.append(f"{chosen['variant']} measured {acc:.4f} as registered; its report said {chosen['accuracy']:.4f}")
+                notes.append(
+                    f"{chosen['variant']} measured {acc:.4f} as registered; its report said {chosen['accuracy']:.4f}"
+                )
             if champ_v == version:
                 champ_acc = acc
                 notes.append(f"v{version} is already the champion")
@@ -50,32 +59,68 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
                 try:
                     champ_acc = _accuracy(f"models:/{name}/{champ_v}", ds)
                 except Exception as e:  # noqa: BLE001 - an incompatible champion is reported, not fatal
-                    notes.append(f"champion v{champ_v} cannot score the current test set ({type(e).__name__}); "
-                                 "treated as absent")
+                    notes.append(
+                        f"champion v{champ_v} cannot score the current test set ({type(e).__name__}); treated as absent"
+                    )
             decision = registry.decide(acc, champ_acc, cfg.promote.accuracy_floor, cfg.promote.tolerance)
             decision.reasons += notes
             if decision.promote and champ_v != version:
                 registry.set_champion(name, version)
-            table = measure.markdown_table(rows) if len(rows) > 1 else "fp32 only" + (f" ({table_note})" if table_note else "")
-            registry.tag_version(name, version, {
-                "mlpipe.decision": "promoted" if decision.promote else "rejected",
-                "mlpipe.reasons": "; ".join(decision.reasons), "mlpipe.test_accuracy_measured": f"{acc:.6f}",
-                "mlpipe.champion_before": champ_v or "none",
-                "mlpipe.champion_accuracy_remeasured": "n/a" if champ_acc is None else f"{champ_acc:.6f}",
-                "mlpipe.objective": cfg.promote.objective, "mlpipe.selection": selection, "mlpipe.variant_table": table})
-            for variant, (v, _) in versions.items():
+            table = (
+                measure.markdown_table(rows)
+                if len(rows) > 1
+                else "fp32 only" + (f" ({table_note})" if table_note else "")
+            )
+            registry.tag_version(
+                name,
+                version,
+                {
+                    "mlpipe.decision": "promoted" if decision.promote else "rejected",
+                    "mlpipe.reasons": "; ".join(decision.reasons),
+                    "mlpipe.test_accuracy_measured": f"{acc:.6f}",
+                    "mlpipe.champion_before": champ_v or "none",
+                    "mlpipe.champion_accuracy_remeasured": "n/a" if champ_acc is None else f"{champ_acc:.6f}",
+                    "mlpipe.objective": cfg.promote.objective,
+                    "mlpipe.selection": selection,
+                    "mlpipe.variant_table": table,
+                },
+            )
+            for v, _ in versions.values():
                 if v != version:
-                    registry.tag_version(name, v, {"mlpipe.decision": "not chosen", "mlpipe.reasons":
-                                                   f"promote.objective {cfg.promote.objective} chose {chosen['variant']} v{version}"})
+                    registry.tag_version(
+                        name,
+                        v,
+                        {
+                            "mlpipe.decision": "not chosen",
+                            "mlpipe.reasons": f"promote.objective {cfg.promote.objective} chose "
+                            f"{chosen['variant']} v{version}",
+                        },
+                    )
             record = registry.promotion_record(name, version)  # what the registry now says
         rejected = {r["variant"]: r["reason"] for r in rows if not r["accepted"]}
         tracking.set_tags({f"mlpipe.rejected.{v}": why for v, why in rejected.items()})
-        tracking.log_dict({"objective": cfg.promote.objective, "selection": selection, "rows": rows,
-                           "versions": {v: ver for v, (ver, _) in versions.items()}}, "register/variants.json")
-        out = {"variant": chosen["variant"], "selection": selection, "rejected": rejected,
-               "variants": {v: ver for v, (ver, _) in versions.items()}, "model_uri": uri,
-               "champion_before": champ_v, "champion_accuracy": champ_acc, "test_accuracy": acc,
-               "data_hash": ds.meta.content_hash, "interrupted_versions": interrupted, **record}
+        tracking.log_dict(
+            {
+                "objective": cfg.promote.objective,
+                "selection": selection,
+                "rows": rows,
+                "versions": {v: ver for v, (ver, _) in versions.items()},
+            },
+            "register/variants.json",
+        )
+        out = {
+            "variant": chosen["variant"],
+            "selection": selection,
+            "rejected": rejected,
+            "variants": {v: ver for v, (ver, _) in versions.items()},
+            "model_uri": uri,
+            "champion_before": champ_v,
+            "champion_accuracy": champ_acc,
+            "test_accuracy": acc,
+            "data_hash": ds.meta.content_hash,
+            "interrupted_versions": interrupted,
+            **record,
+        }
         tracking.set_tags({"mlpipe.registered_version": version, "mlpipe.promoted": record["promoted"]})
         write_json(paths.promotion, out)  # atomic, after the registry change
         tracking.log_artifact(paths.promotion, "register")
@@ -99,14 +144,24 @@ def candidates(paths: Paths, model_hash: str, data_hash: str, fp32_accuracy: flo
             return t["rows"], None
         note = "variant table is for another model.pt or data; only fp32 considered"
     size = paths.model_file.stat().st_size
-    fp32 = {"variant": "fp32", "file": str(paths.model_file), "accuracy": fp32_accuracy, "accepted": True,
-            "size_bytes": size, "latency_b1_ms": float("inf"), "latency_b256_ms": float("inf"), "reason": "no variant table"}
+    fp32 = {
+        "variant": "fp32",
+        "file": str(paths.model_file),
+        "accuracy": fp32_accuracy,
+        "accepted": True,
+        "size_bytes": size,
+        "latency_b1_ms": float("inf"),
+        "latency_b256_ms": float("inf"),
+        "reason": "no variant table",
+    }
     return [fp32], note
 
 
 def version_tags(row: dict) -> dict:
     tags = {"variant": row["variant"], "test_accuracy": f"{row['accuracy']:.6f}"}
-    tags.update({f"mlpipe.{k}": (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in FIGURES[1:] if k in row})
+    tags.update(
+        {f"mlpipe.{k}": (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in FIGURES[1:] if k in row}
+    )
     if "method" in row:
         tags["mlpipe.method"] = row["method"]
     return tags

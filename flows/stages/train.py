@@ -22,8 +22,15 @@ def run(cfg: Config, paths: Paths, parent: str | None = None, progress: bool = T
         cfg = tune.apply_best(cfg, paths.best_params, meta.content_hash)  # the tune stage's output
         spec = models.spec_for(cfg.model, meta)
         nproc = distributed.resolve_nproc(cfg.train.distributed.nproc_per_node)
-        tracking.log_params({"model": cfg.section("model"), "train": cfg.section("train"), "arch": spec["arch"],
-                             "n_params": sum(p.numel() for p in models.build(spec).parameters()), "world_size": nproc})
+        tracking.log_params(
+            {
+                "model": cfg.section("model"),
+                "train": cfg.section("train"),
+                "arch": spec["arch"],
+                "n_params": sum(p.numel() for p in models.build(spec).parameters()),
+                "world_size": nproc,
+            }
+        )
         tracking.set_tags({"mlpipe.data_hash": meta.content_hash})
         if nproc == 1:
             train.set_threads(cfg.train.num_threads)
@@ -41,8 +48,16 @@ def _launch(cfg: Config, paths: Paths, run_id: str | None, nproc: int) -> None:
     with atomic_file(paths.train_config, "w") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
     paths.train_error.unlink(missing_ok=True)
-    args = ["-m", train_worker.__name__, "--params", str(paths.train_config), "--root", str(paths.root),
-            "--error-file", str(paths.train_error)] + (["--run-id", run_id] if run_id else [])
+    args = [
+        "-m",
+        train_worker.__name__,
+        "--params",
+        str(paths.train_config),
+        "--root",
+        str(paths.root),
+        "--error-file",
+        str(paths.train_error),
+    ] + (["--run-id", run_id] if run_id else [])
     distributed.launch(args, nproc, cfg.train.distributed.max_restarts, log_dir=paths.train_logs)
     if paths.train_error.exists():
         err = json.loads(paths.train_error.read_text())

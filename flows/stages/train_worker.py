@@ -27,8 +27,15 @@ from components.fileio import write_json
 from flows.paths import Paths
 
 # settings that change how a run executes, not what it computes: a change keeps the checkpoints
-OPERATIONAL = ("checkpoint_every", "checkpoint_min_seconds", "keep_checkpoints", "loader_workers", "num_threads",
-               "compile", "deterministic")
+OPERATIONAL = (
+    "checkpoint_every",
+    "checkpoint_min_seconds",
+    "keep_checkpoints",
+    "loader_workers",
+    "num_threads",
+    "compile",
+    "deterministic",
+)
 
 
 def resume_key(cfg: Config, data_hash: str, spec: dict, world: int) -> str:
@@ -37,8 +44,14 @@ def resume_key(cfg: Config, data_hash: str, spec: dict, world: int) -> str:
     for k in OPERATIONAL:
         t.pop(k)
     t["distributed"] = {"world": world}
-    material = {"seed": cfg.seed, "data": data_hash, "val_size": cfg.data.val_size, "spec": spec,
-                "augment": cfg.section("augment"), "train": t}
+    material = {
+        "seed": cfg.seed,
+        "data": data_hash,
+        "val_size": cfg.data.val_size,
+        "spec": spec,
+        "augment": cfg.section("augment"),
+        "train": t,
+    }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -49,8 +62,14 @@ def train_model(cfg: Config, paths: Paths, d: distributed.Dist, log=None, progre
     m = ds.meta
     spec = models.spec_for(cfg.model, m)
     recipe = train.Recipe(cfg, ds.X_train, ds.y_train, m.kind, m.value_range)
-    model, hist = recipe.fit(spec, log=log, progress=progress, dist=d, checkpoint_dir=paths.checkpoints,
-                             resume_key=resume_key(cfg, m.content_hash, spec, d.world))
+    model, hist = recipe.fit(
+        spec,
+        log=log,
+        progress=progress,
+        dist=d,
+        checkpoint_dir=paths.checkpoints,
+        resume_key=resume_key(cfg, m.content_hash, spec, d.world),
+    )
     if d.is_main:
         models.save(model, spec, m.classes, paths.model_file)
         write_json(paths.history, {"data_hash": m.content_hash, **hist.to_dict()})
@@ -65,12 +84,21 @@ def summarize(paths: Paths, log: bool) -> dict:
     if log:
         from components import tracking
 
-        tracking.log_metrics({"best_epoch": hist["best_epoch"], "best_val_loss": best["val_loss"],
-                              "best_val_accuracy": best["val_accuracy"],
-                              "resumed_from_epoch": hist.get("resumed_from", 0)})
+        tracking.log_metrics(
+            {
+                "best_epoch": hist["best_epoch"],
+                "best_val_loss": best["val_loss"],
+                "best_val_accuracy": best["val_accuracy"],
+                "resumed_from_epoch": hist.get("resumed_from", 0),
+            }
+        )
         tracking.log_artifact(paths.history, "train")
-    return {"best_epoch": hist["best_epoch"], "epochs_run": len(hist["epochs"]), "val_accuracy": best["val_accuracy"],
-            "model_hash": data.content_hash(*[p.detach().numpy() for p in model.state_dict().values()])}
+    return {
+        "best_epoch": hist["best_epoch"],
+        "epochs_run": len(hist["epochs"]),
+        "val_accuracy": best["val_accuracy"],
+        "model_hash": data.content_hash(*[p.detach().numpy() for p in model.state_dict().values()]),
+    }
 
 
 def _rank0_train(cfg: Config, paths: Paths, d: distributed.Dist, run_id: str) -> None:

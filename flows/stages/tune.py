@@ -34,15 +34,25 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
         storage = tune.make_storage(cfg, paths.optuna_journal)
         with file_lock(paths.study_lock(name), blocking=False) as mine:
             if not mine:
-                raise MlpipeError(f"tune: study {name} is already being run by another tune stage in {paths.root}; "
-                                  "wait for it to finish")
+                raise MlpipeError(
+                    f"tune: study {name} is already being run by another tune stage in {paths.root}; "
+                    "wait for it to finish"
+                )
             study = tune.open_study(cfg, name, storage)
             retried = tune.retry_stale(study, heartbeat=cfg.tune.storage is not None)
             before = tune.counts(study)
             todo = cfg.tune.n_trials - before["complete"] - before["pruned"] - before["running"]
-            tracking.log_params({"study": name, "storage": tune.storage_url(cfg, paths.optuna_journal), "n_trials": cfg.tune.n_trials,
-                                 "n_workers": cfg.tune.n_workers, "pruner": cfg.tune.pruner, "objective": cfg.tune.objective,
-                                 "metric": cfg.tune.metric})
+            tracking.log_params(
+                {
+                    "study": name,
+                    "storage": tune.storage_url(cfg, paths.optuna_journal),
+                    "n_trials": cfg.tune.n_trials,
+                    "n_workers": cfg.tune.n_workers,
+                    "pruner": cfg.tune.pruner,
+                    "objective": cfg.tune.objective,
+                    "metric": cfg.tune.metric,
+                }
+            )
             arch = models.spec_for(cfg.model, meta)["arch"]
             tune.enqueue_default(study, cfg, arch)
             n = min(cfg.tune.n_workers, max(todo, 0))
@@ -51,7 +61,9 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
         return finish(cfg, paths, study, meta.content_hash, retried, before, parent)
 
 
-def finish(cfg: Config, paths: Paths, study, data_hash: str, retried: list[int], before: dict, parent: str | None) -> dict:
+def finish(
+    cfg: Config, paths: Paths, study, data_hash: str, retried: list[int], before: dict, parent: str | None
+) -> dict:
     """best_params.json, the trials table and plots; best params and value on the tune run and
     on the pipeline run."""
     c = tune.counts(study)
@@ -59,19 +71,35 @@ def finish(cfg: Config, paths: Paths, study, data_hash: str, retried: list[int],
     tune.write_best(paths.best_params, best)
     study.trials_dataframe().to_csv(paths.trials_csv, index=False)
     plots = _plots(study, paths.tune_dir)
-    summary = {"study": study.study_name, "best_trial": best["best_trial"], "best_value": best["value"],
-               "best_val_accuracy": best["val_accuracy"], "best_params": best["params"], "complete": c["complete"],
-               "pruned": c["pruned"], "failed": c["fail"], "ran_now": c["complete"] + c["pruned"] - before["complete"] - before["pruned"],
-               "retried": retried}
+    summary = {
+        "study": study.study_name,
+        "best_trial": best["best_trial"],
+        "best_value": best["value"],
+        "best_val_accuracy": best["val_accuracy"],
+        "best_params": best["params"],
+        "complete": c["complete"],
+        "pruned": c["pruned"],
+        "failed": c["fail"],
+        "ran_now": c["complete"] + c["pruned"] - before["complete"] - before["pruned"],
+        "retried": retried,
+    }
     tracking.log_params({"best": best["params"]})
-    metrics = {"best_value": best["value"], "best_val_accuracy": best["val_accuracy"], "trials_complete": c["complete"],
-               "trials_pruned": c["pruned"], "trials_failed": c["fail"]}
+    metrics = {
+        "best_value": best["value"],
+        "best_val_accuracy": best["val_accuracy"],
+        "trials_complete": c["complete"],
+        "trials_pruned": c["pruned"],
+        "trials_failed": c["fail"],
+    }
     tracking.log_metrics(metrics)
     for f in [paths.best_params, paths.trials_csv, *plots]:
         tracking.log_artifact(f, "tune")
     if parent:
         tracking.log_metrics({f"tune_{k}": v for k, v in metrics.items()}, run_id=parent)
-        tracking.set_tags({"mlpipe.tune.study": study.study_name, "mlpipe.tune.best_params": json.dumps(best["params"])}, run_id=parent)
+        tracking.set_tags(
+            {"mlpipe.tune.study": study.study_name, "mlpipe.tune.best_params": json.dumps(best["params"])},
+            run_id=parent,
+        )
     return summary
 
 
@@ -81,8 +109,9 @@ def _describe_exit(rc: int) -> str:
     return f"exit status {rc}"
 
 
-def launch_workers(cfg: Config, paths: Paths, name: str, n: int, tune_run_id: str, pipeline_run_id: str | None,
-                   uri: str) -> None:
+def launch_workers(
+    cfg: Config, paths: Paths, name: str, n: int, tune_run_id: str, pipeline_run_id: str | None, uri: str
+) -> None:
     """n workers on one study, each with cores // n torch threads: worker 0 in this process
     (already past its imports), workers 1..n-1 as processes, which start while worker 0 runs
     trials. Raises when one dies: its finished trials stay in the study, a re-run retries its
@@ -93,11 +122,23 @@ def launch_workers(cfg: Config, paths: Paths, name: str, n: int, tune_run_id: st
     procs = []
     for i in range(1, n):
         job = paths.tune_job(name, i)
-        write_json(job, {"cfg": cfg.to_dict(), "root": str(paths.root), "study": name, "worker": i,
-                         "tune_run_id": tune_run_id, "pipeline_run_id": pipeline_run_id, "tracking_uri": uri,
-                         "threads": threads})
+        write_json(
+            job,
+            {
+                "cfg": cfg.to_dict(),
+                "root": str(paths.root),
+                "study": name,
+                "worker": i,
+                "tune_run_id": tune_run_id,
+                "pipeline_run_id": pipeline_run_id,
+                "tracking_uri": uri,
+                "threads": threads,
+            },
+        )
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        procs.append(subprocess.Popen([sys.executable, "-m", tune_worker.__name__, str(job)], env=env, stdin=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", tune_worker.__name__, str(job)], env=env, stdin=subprocess.DEVNULL)
+        )
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
@@ -109,10 +150,14 @@ def launch_workers(cfg: Config, paths: Paths, name: str, n: int, tune_run_id: st
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    bad = [f"worker {i} (pid {p.pid}) {_describe_exit(rc)}" for i, (p, rc) in enumerate(zip(procs, codes), 1) if rc != 0]
+    bad = [
+        f"worker {i} (pid {p.pid}) {_describe_exit(rc)}" for i, (p, rc) in enumerate(zip(procs, codes), 1) if rc != 0
+    ]
     if bad:
-        raise MlpipeError(f"tune: {'; '.join(bad)}. Finished trials are kept in study {name}; "
-                          "run the tune stage again to retry the unfinished ones and complete tune.n_trials.")
+        raise MlpipeError(
+            f"tune: {'; '.join(bad)}. Finished trials are kept in study {name}; "
+            "run the tune stage again to retry the unfinished ones and complete tune.n_trials."
+        )
 
 
 def _plots(study, out_dir: Path) -> list[Path]:
@@ -125,8 +170,11 @@ def _plots(study, out_dir: Path) -> list[Path]:
     from optuna.visualization import matplotlib as ov
 
     made = []
-    for fname, fn in (("optimization_history", ov.plot_optimization_history), ("param_importances", ov.plot_param_importances),
-                      ("parallel_coordinate", ov.plot_parallel_coordinate)):
+    for fname, fn in (
+        ("optimization_history", ov.plot_optimization_history),
+        ("param_importances", ov.plot_param_importances),
+        ("parallel_coordinate", ov.plot_parallel_coordinate),
+    ):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -140,5 +188,3 @@ def _plots(study, out_dir: Path) -> list[Path]:
         except (ValueError, RuntimeError, ZeroDivisionError):  # too few completed trials for this plot
             plt.close("all")
     return made
-
-

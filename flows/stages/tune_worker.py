@@ -33,8 +33,12 @@ def tracked_objective(cfg: Config, td: tune.TrialData, tune_run_id: str | None, 
     def objective(trial: optuna.Trial) -> float:
         pruned = None
         trial.set_user_attr("worker_pid", os.getpid())
-        tags = {"mlpipe.stage": "tune.trial", "optuna.study": trial.study.study_name, "optuna.trial": trial.number,
-                "mlpipe.pipeline_run_id": pipeline_run_id or "none"}
+        tags = {
+            "mlpipe.stage": "tune.trial",
+            "optuna.study": trial.study.study_name,
+            "optuna.trial": trial.number,
+            "mlpipe.pipeline_run_id": pipeline_run_id or "none",
+        }
         with tracking.stage_run(f"trial-{trial.number}", tune_run_id, tags):
             buf = tracking.RunBuffer()
             try:
@@ -47,8 +51,12 @@ def tracked_objective(cfg: Config, td: tune.TrialData, tune_run_id: str | None, 
             a = trial.user_attrs
             buf.log_params({**trial.params, **({"retry_of": a["retry_of"]} if "retry_of" in a else {})})
             buf({k: a[k] for k in ("val_accuracy", "val_loss", "best_epoch", "pruned_at") if k in a}, 0)
-            buf.set_tags({"optuna.state": "PRUNED" if pruned else "COMPLETE",
-                          **({"optuna.pruned_reason": a.get("pruned_reason", str(pruned))} if pruned else {})})
+            buf.set_tags(
+                {
+                    "optuna.state": "PRUNED" if pruned else "COMPLETE",
+                    **({"optuna.pruned_reason": a.get("pruned_reason", str(pruned))} if pruned else {}),
+                }
+            )
             buf.flush()
         if pruned is not None:
             raise pruned
@@ -57,8 +65,9 @@ def tracked_objective(cfg: Config, td: tune.TrialData, tune_run_id: str | None, 
     return objective
 
 
-def run_worker(cfg: Config, paths: Paths, name: str, worker: int, tune_run_id: str | None,
-               pipeline_run_id: str | None) -> int:
+def run_worker(
+    cfg: Config, paths: Paths, name: str, worker: int, tune_run_id: str | None, pipeline_run_id: str | None
+) -> int:
     """Run trials until the study's budget is spent -> how many this worker ran."""
     study = tune.open_study(cfg, name, tune.make_storage(cfg, paths.optuna_journal), worker)
     objective = tracked_objective(cfg, trial_data(paths), tune_run_id, pipeline_run_id)

@@ -16,8 +16,9 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
         report = validate.validate(ds, cfg.validate_, docs_dir=docs)
         write_json(paths.validation_report, {"data_hash": ds.meta.content_hash, **report.to_dict()})
         tracking.log_metrics({"expectations": report.n_expectations, "failed": len(report.failures)})
-        tracking.set_tags({"mlpipe.validation": "passed" if report.success else "failed",
-                           "mlpipe.data_hash": ds.meta.content_hash})
+        tracking.set_tags(
+            {"mlpipe.validation": "passed" if report.success else "failed", "mlpipe.data_hash": ds.meta.content_hash}
+        )
         tracking.log_artifact(paths.validation_report, "validation")
         if docs.exists():
             tracking.log_artifact(docs, "validation/data_docs")

@@ -1,5 +1,6 @@
 """Training engine on tiny literal data: checkpoints, exact resume, NaN stop, memmap streaming,
 sharding, precision checks. (DDP over real processes: tests/e2e/test_ddp.py.)"""
+
 from __future__ import annotations
 
 import io
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from components import checkpoint, distributed, engine, models, stream, train
+from components import checkpoint, distributed, engine, models, stream
 from components.config import ConfigError, TrainConfig, load_config
 
 
@@ -36,7 +37,9 @@ def run(tmp_path=None, cfg=CFG, X=None, y=None, **kw):
     X, y = (X, y) if X is not None else blobs()
     m = mlp()
     ckpt = None if tmp_path is None else tmp_path / "ckpt"
-    hist = engine.fit(m, X[:200], y[:200], X[200:], y[200:], cfg, 0, progress=False, checkpoint_dir=ckpt, resume_key="k", **kw)
+    hist = engine.fit(
+        m, X[:200], y[:200], X[200:], y[200:], cfg, 0, progress=False, checkpoint_dir=ckpt, resume_key="k", **kw
+    )
     return hist, m
 
 
@@ -50,9 +53,11 @@ class Stop(Exception):
 
 def stop_at(n):
     """An on_epoch callback that interrupts training after epoch n (as a kill would)."""
+
     def stop(epoch, row):
         if epoch == n:
             raise Stop
+
     return stop
 
 
@@ -105,16 +110,29 @@ def test_flipped_byte_is_detected_even_when_torch_could_parse_it(tmp_path):
 def test_tensors_are_packed_one_record_per_dtype_and_come_back_exactly(tmp_path):
     import zipfile
 
-    state = {"w": torch.randn(3, 4), "b": torch.zeros(0), "step": torch.tensor(7.0), "mask": torch.tensor([True, False]),
-             "ids": torch.arange(5), "half": torch.randn(2, 2).to(torch.bfloat16), "t": (1, [torch.ones(2), "x"]),
-             "strided": torch.arange(12.0).reshape(3, 4).t(), "none": None}
+    state = {
+        "w": torch.randn(3, 4),
+        "b": torch.zeros(0),
+        "step": torch.tensor(7.0),
+        "mask": torch.tensor([True, False]),
+        "ids": torch.arange(5),
+        "half": torch.randn(2, 2).to(torch.bfloat16),
+        "t": (1, [torch.ones(2), "x"]),
+        "strided": torch.arange(12.0).reshape(3, 4).t(),
+        "none": None,
+    }
     p = checkpoint.save(tmp_path, 1, state, keep=3)
     records = [n for n in zipfile.ZipFile(p).namelist() if "/data/" in n]
     assert len(records) == 4  # float32, bool, int64 and bfloat16: one flat tensor each, not one per tensor
     got, _ = checkpoint.load_latest(tmp_path)
     for k in ("w", "b", "step", "mask", "ids", "half", "strided"):
         assert got[k].dtype == state[k].dtype and got[k].shape == state[k].shape and torch.equal(got[k], state[k]), k
-    assert got["t"][0] == 1 and torch.equal(got["t"][1][0], torch.ones(2)) and got["t"][1][1] == "x" and got["none"] is None
+    assert (
+        got["t"][0] == 1
+        and torch.equal(got["t"][1][0], torch.ones(2))
+        and got["t"][1][1] == "x"
+        and got["none"] is None
+    )
     assert got["w"].untyped_storage().nbytes() == got["w"].nbytes  # its own copy, not a view of the whole buffer
 
 
@@ -196,8 +214,18 @@ def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
     m = mlp()
     X, y = blobs()
     with pytest.warns(checkpoint.CheckpointWarning, match="another configuration"):
-        hist = engine.fit(m, X[:200], y[:200], X[200:], y[200:], CFG, 0, progress=False,
-                         checkpoint_dir=tmp_path / "ckpt", resume_key="other")
+        hist = engine.fit(
+            m,
+            X[:200],
+            y[:200],
+            X[200:],
+            y[200:],
+            CFG,
+            0,
+            progress=False,
+            checkpoint_dir=tmp_path / "ckpt",
+            resume_key="other",
+        )
     assert hist.resumed_from == 0 and [e.epoch for e in checkpoint.entries(tmp_path / "ckpt")][-1] == CFG.epochs
 
 
@@ -231,9 +259,19 @@ def test_memmap_streaming_matches_in_memory(tmp_path, monkeypatch):
     m = mlp()
     h_map = engine.fit(m, view, y[:200], stream.Rows(mm, np.arange(200, 240)), y[200:], CFG, 0, progress=False)
     assert [r["val_accuracy"] for r in h_map.epochs] == [r["val_accuracy"] for r in h_mem.epochs]
-    np.testing.assert_allclose([r["train_loss"] for r in h_map.epochs], [r["train_loss"] for r in h_mem.epochs], rtol=1e-4)
-    h_workers = engine.fit(mlp(), view, y[:200], stream.Rows(mm, np.arange(200, 240)), y[200:],
-                          CFG.model_copy(update={"loader_workers": 2}), 0, progress=False)
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in h_map.epochs], [r["train_loss"] for r in h_mem.epochs], rtol=1e-4
+    )
+    h_workers = engine.fit(
+        mlp(),
+        view,
+        y[:200],
+        stream.Rows(mm, np.arange(200, 240)),
+        y[200:],
+        CFG.model_copy(update={"loader_workers": 2}),
+        0,
+        progress=False,
+    )
     assert [r["train_loss"] for r in h_workers.epochs] == [r["train_loss"] for r in h_map.epochs]
 
 
@@ -269,10 +307,21 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_mixed_precision_on_cuda_trains_like_fp32(precision):
     X, y = blobs()
     m, seen = mlp(), set()
-    h_mixed = engine.fit(m, X[:200], y[:200], X[200:], y[200:], CFG.model_copy(update={"precision": precision}), 0,
-                        progress=False, on_epoch=lambda e, row: seen.add(next(m.parameters()).device.type))
+    h_mixed = engine.fit(
+        m,
+        X[:200],
+        y[:200],
+        X[200:],
+        y[200:],
+        CFG.model_copy(update={"precision": precision}),
+        0,
+        progress=False,
+        on_epoch=lambda e, row: seen.add(next(m.parameters()).device.type),
+    )
     h32, _ = run()
-    assert seen == {"cuda"} and next(m.parameters()).device.type == "cpu"  # trained on the GPU, handed back where it came from
+    assert (
+        seen == {"cuda"} and next(m.parameters()).device.type == "cpu"
+    )  # trained on the GPU, handed back where it came from
     assert abs(h_mixed.epochs[-1]["val_accuracy"] - h32.epochs[-1]["val_accuracy"]) <= 0.05
 
 
@@ -293,8 +342,17 @@ def test_keep_decides_the_final_weights_and_early_stopping(keep):
     y_val = (y[200:] + 1) % 3  # validation labels that contradict the training ones: val loss rises as it learns
     m, per_epoch = mlp(), {}
     cfg = CFG.model_copy(update={"epochs": 12, "patience": 2, "keep": keep})
-    hist = engine.fit(m, X[:200], y[:200], X[200:], y_val, cfg, 0, progress=False,
-                     on_epoch=lambda e, row: per_epoch.__setitem__(e, {k: v.cpu().clone() for k, v in m.state_dict().items()}))
+    hist = engine.fit(
+        m,
+        X[:200],
+        y[:200],
+        X[200:],
+        y_val,
+        cfg,
+        0,
+        progress=False,
+        on_epoch=lambda e, row: per_epoch.__setitem__(e, {k: v.cpu().clone() for k, v in m.state_dict().items()}),
+    )
     losses = [row["val_loss"] for row in hist.epochs]
     if keep == "last":  # the whole schedule, the final epoch's weights
         assert len(hist.epochs) == 12 and not hist.stopped_early and hist.best_epoch == 12
@@ -309,7 +367,10 @@ def test_val_every_validates_on_its_epochs_and_the_last_and_leaves_the_weights_a
     """Validation is a read-only pass: skipping it changes no weight; keep: best chooses among the
     validated epochs only and counts patience in validations."""
     X, y = blobs()
-    every, every_3 = run(cfg=CFG.model_copy(update={"epochs": 7})), run(cfg=CFG.model_copy(update={"epochs": 7, "val_every": 3}))
+    every, every_3 = (
+        run(cfg=CFG.model_copy(update={"epochs": 7})),
+        run(cfg=CFG.model_copy(update={"epochs": 7, "val_every": 3})),
+    )
     assert [e for e, row in enumerate(every_3[0].epochs, 1) if "val_loss" in row] == [3, 6, 7]
     assert all(set(row) == {"train_loss", "lr"} for e, row in enumerate(every_3[0].epochs, 1) if e not in (3, 6, 7))
     assert same_weights(every[1], every_3[1])

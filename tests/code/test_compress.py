@@ -1,4 +1,5 @@
 """Compression variants and their measurements, on tiny models and literal data."""
+
 import copy
 import gzip
 import json
@@ -12,11 +13,14 @@ from torch import nn
 
 from components import compress, measure, models
 from components.config import CompressConfig, TrainConfig, load_config
+from components.engine import fit as train_fit
 from components.errors import ConfigError, MlpipeError
-from components.train import fit as train_fit
 
 MLP_SPEC = {"arch": "mlp", "args": {"in_shape": [16], "n_classes": 3, "hidden": [32], "dropout": 0.0}}
-CNN_SPEC = {"arch": "cnn", "args": {"in_shape": [1, 8, 8], "n_classes": 3, "hidden": [16], "dropout": 0.0, "channels": [8, 16]}}
+CNN_SPEC = {
+    "arch": "cnn",
+    "args": {"in_shape": [1, 8, 8], "n_classes": 3, "hidden": [16], "dropout": 0.0, "channels": [8, 16]},
+}
 
 
 def blobs(n=120, shape=(16,), seed=0):
@@ -131,8 +135,18 @@ def test_distillation_learns_the_teachers_answers_and_alpha_zero_the_labels():
         torch.manual_seed(1)
         student = models.build(MLP_SPEC)
         student.norm.load_state_dict(teacher.norm.state_dict())
-        compress.distill(student, teacher, X, wrong, X[:30], val_y, TrainConfig(epochs=8, batch_size=32, lr=1e-2), 0,
-                         alpha=alpha, temperature=2.0)
+        compress.distill(
+            student,
+            teacher,
+            X,
+            wrong,
+            X[:30],
+            val_y,
+            TrainConfig(epochs=8, batch_size=32, lr=1e-2),
+            0,
+            alpha=alpha,
+            temperature=2.0,
+        )
         with torch.no_grad():
             assert (student.eval()(torch.as_tensor(X)).argmax(1).numpy() == expect).mean() > 0.9, alpha
 
@@ -141,14 +155,23 @@ def test_distilled_student_is_shallower_and_starts_from_the_kept_channels():
     m = models.build(CNN_SPEC).eval()
     cfg = CompressConfig(keep=0.5, student_drop_blocks=1, student_epochs=3)
     calls = []
-    student, s_spec = compress.distill_student(m, CNN_SPEC, cfg, lambda model, tcfg, teacher=None: calls.append((tcfg.epochs, teacher)),
-                                               TrainConfig())
-    assert s_spec["args"]["channels"] == [4] and s_spec["args"]["hidden"] == [8] and CNN_SPEC["args"]["channels"] == [8, 16]
+    student, s_spec = compress.distill_student(
+        m, CNN_SPEC, cfg, lambda model, tcfg, teacher=None: calls.append((tcfg.epochs, teacher)), TrainConfig()
+    )
+    assert (
+        s_spec["args"]["channels"] == [4]
+        and s_spec["args"]["hidden"] == [8]
+        and CNN_SPEC["args"]["channels"] == [8, 16]
+    )
     assert calls == [(3, m)]  # trained once, on the fp32 model's soft targets
     small, _ = compress.shrink(m, CNN_SPEC, 0.5)
     kept, own = small.state_dict(), student.state_dict()
-    assert torch.equal(own["features.0.weight"], kept["features.0.weight"]) and torch.equal(own["norm.std"], kept["norm.std"])
-    assert own["head.2.weight"].shape[1] == 4 * 4 * 4 != kept["head.2.weight"].shape[1]  # the head after the dropped block is new
+    assert torch.equal(own["features.0.weight"], kept["features.0.weight"]) and torch.equal(
+        own["norm.std"], kept["norm.std"]
+    )
+    assert (
+        own["head.2.weight"].shape[1] == 4 * 4 * 4 != kept["head.2.weight"].shape[1]
+    )  # the head after the dropped block is new
     assert measure.count_macs(student, (1, 8, 8)) < measure.count_macs(small, (1, 8, 8))
 
 
@@ -157,8 +180,14 @@ def test_every_variant_is_built_through_the_real_fine_tuner_and_handed_back_on_t
     GPU; every variant must still come back on the CPU, where it is counted, saved and measured."""
     X, y = blobs(shape=(1, 8, 8))
     m = trained(CNN_SPEC, X, y)
-    cfg = CompressConfig(variants=["pruned", "structured", "distilled", "int8"], prune_steps=1, step_epochs=1,
-                         structured_epochs=1, student_epochs=1, calibration_samples=32)
+    cfg = CompressConfig(
+        variants=["pruned", "structured", "distilled", "int8"],
+        prune_steps=1,
+        step_epochs=1,
+        structured_epochs=1,
+        student_epochs=1,
+        calibration_samples=32,
+    )
     fit = compress.fine_tuner(X, y, X[:30], y[:30], 0, None, cfg)
     made = compress.build_variants(m, CNN_SPEC, ["a", "b", "c"], X[:32], cfg, fit, TrainConfig(batch_size=32), tmp_path)
     assert [v["variant"] for v in made] == list(cfg.variants)
@@ -213,7 +242,9 @@ def test_compacted_int8_is_smaller_and_runs_the_same_fused_int8_graph(tmp_path):
     assert max(len(t.name) for t in g.initializer) <= 2 and [v.name for v in g.input] == ["x"]
     assert os.path.getsize(full) - os.path.getsize(small) > 2000
     ops = _optimized_ops(small, tmp_path / "small.opt.onnx")
-    assert ops == _optimized_ops(full, tmp_path / "full.opt.onnx") and ops.count("QLinearConv") == 4 and "Conv" not in ops
+    assert (
+        ops == _optimized_ops(full, tmp_path / "full.opt.onnx") and ops.count("QLinearConv") == 4 and "Conv" not in ops
+    )
     a, b = compress.load_model_file(full, 1)[0], compress.load_model_file(small, 1)[0]
     x = torch.as_tensor(X)
     assert torch.equal(a(x), b(x))
@@ -260,16 +291,27 @@ def test_measure_reads_size_from_the_file_and_accuracy_from_predictions(tmp_path
 
 
 def _row(variant, acc, size, lat, accepted=True):
-    return {"variant": variant, "accuracy": acc, "size_bytes": size, "latency_b1_ms": lat, "latency_b256_ms": lat * 50,
-            "accepted": accepted}
+    return {
+        "variant": variant,
+        "accuracy": acc,
+        "size_bytes": size,
+        "latency_b1_ms": lat,
+        "latency_b256_ms": lat * 50,
+        "accepted": accepted,
+    }
 
 
-TABLE = [_row("fp32", 0.990, 400_000, 0.20), _row("int8", 0.985, 110_000, 0.05),
-         _row("pruned", 0.991, 400_000, 0.21), _row("structured", 0.960, 90_000, 0.03, accepted=False)]
+TABLE = [
+    _row("fp32", 0.990, 400_000, 0.20),
+    _row("int8", 0.985, 110_000, 0.05),
+    _row("pruned", 0.991, 400_000, 0.21),
+    _row("structured", 0.960, 90_000, 0.03, accepted=False),
+]
 
 
-@pytest.mark.parametrize("objective,variant", [("accuracy", "pruned"), ("smallest_within_budget", "int8"),
-                                               ("fastest_within_budget", "int8")])
+@pytest.mark.parametrize(
+    "objective,variant", [("accuracy", "pruned"), ("smallest_within_budget", "int8"), ("fastest_within_budget", "int8")]
+)
 def test_choose_on_a_hand_built_table(objective, variant):
     best, why = measure.choose(TABLE, objective)
     assert best["variant"] == variant and variant in why and "structured" not in why.split("among")[1]
@@ -281,8 +323,10 @@ def test_choose_prefers_fp32_on_an_accuracy_tie():
 
 
 def test_budget_rejects_beyond_the_drop():
-    rows = [measure.Row(v, "f", "m", acc, acc, 0.0, 1, 1, 1, 1, 0.0, 1, 1.0, 0.0, 1.0, 0.0, 0.0)
-            for v, acc in [("fp32", 0.95), ("int8", 0.945), ("pruned", 0.93)]]
+    rows = [
+        measure.Row(v, "f", "m", acc, acc, 0.0, 1, 1, 1, 1, 0.0, 1, 1.0, 0.0, 1.0, 0.0, 0.0)
+        for v, acc in [("fp32", 0.95), ("int8", 0.945), ("pruned", 0.93)]
+    ]
     out = {r.variant: r for r in measure.apply_budget(rows, 0.01)}
     assert out["int8"].accepted and not out["pruned"].accepted
     assert out["pruned"].accuracy_drop == pytest.approx(0.02) and "over budget" in out["pruned"].reason

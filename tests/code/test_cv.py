@@ -1,4 +1,5 @@
 """components/cv.py on tiny data: folds, the small-class error, and no leakage of held-out rows."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,15 +10,24 @@ from components import cv, engine, models, stream
 from components.config import load_config
 from components.errors import DataError
 
-SETS = ["cv.folds=3", "train.epochs=2", "train.batch_size=16", "model.kind=mlp", "model.hidden=[8]", "data.val_size=0.25",
-        "augment.tabular_noise_std=0.1"]
+SETS = [
+    "cv.folds=3",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "model.kind=mlp",
+    "model.hidden=[8]",
+    "data.val_size=0.25",
+    "augment.tabular_noise_std=0.1",
+]
 
 
 def table(n_per_class=12, k=3, seed=0):
     """Feature 0 is a unique row id (so any row can be traced), the others carry the class."""
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(k), n_per_class).astype(np.int64)
-    X = np.column_stack([np.arange(len(y)) * 1000.0, rng.normal(size=(len(y), 3)) + y[:, None] * 3.0]).astype(np.float32)
+    X = np.column_stack([np.arange(len(y)) * 1000.0, rng.normal(size=(len(y), 3)) + y[:, None] * 3.0]).astype(
+        np.float32
+    )
     return X, y
 
 
@@ -70,12 +80,21 @@ def test_no_held_out_row_reaches_training(monkeypatch):
 
         hist = real_fit(model, X_tr, y_tr, X_va, y_va, tcfg, seed, augment=spy_aug, **kw)
         X_tr, X_va = rows_of(X_tr), rows_of(X_va)
-        seen.append({"fit": ids(X_tr), "stop": ids(X_va), "aug": ids(torch.cat(batches).numpy()) if batches else set(),
-                     "mean": model.norm.mean.clone(), "X_tr": X_tr})
+        seen.append(
+            {
+                "fit": ids(X_tr),
+                "stop": ids(X_va),
+                "aug": ids(torch.cat(batches).numpy()) if batches else set(),
+                "mean": model.norm.mean.clone(),
+                "X_tr": X_tr,
+            }
+        )
         return hist
 
     monkeypatch.setattr(engine, "fit", spy_fit)
-    folds = cv.cross_validate(X, y, models.model_args(cfg.model, [4], 3, "tabular"), cfg, "tabular", None, ["a", "b", "c"])
+    folds = cv.cross_validate(
+        X, y, models.model_args(cfg.model, [4], 3, "tabular"), cfg, "tabular", None, ["a", "b", "c"]
+    )
     assert len(folds) == len(seen) == 3
     for fold, s in zip(folds, seen):
         held = set(fold.held_out.tolist())

@@ -6,10 +6,10 @@ project module those modules import, at any level of the file (imports inside fu
 
 dvc.yaml's `params` and `outs` are checked against the stage table (flows/stages/__init__.py):
 the config keys each stage reads and the catalog paths (flows/paths.py) it writes."""
+
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import yaml
 
@@ -18,8 +18,16 @@ from tests.conftest import REPO
 # files a stage runs whose changes cannot change its outputs: parameters are deps through `params:`
 # (and params.yaml must equal the config defaults, tests/code/test_config.py); the rest is error
 # types, atomic file writing, MLflow logging and the command line.
-NEUTRAL = {"components/config.py", "components/errors.py", "components/fileio.py", "components/tracking.py",
-           "components/__init__.py", "flows/__init__.py", "flows/cli.py", "flows/stages/__init__.py"}
+NEUTRAL = {
+    "components/config.py",
+    "components/errors.py",
+    "components/fileio.py",
+    "components/tracking.py",
+    "components/__init__.py",
+    "flows/__init__.py",
+    "flows/cli.py",
+    "flows/stages/__init__.py",
+}
 
 
 def _file(module: str) -> str | None:
@@ -74,8 +82,12 @@ def test_every_stage_lists_the_code_it_runs_as_deps():
 def test_the_dependency_finder_follows_helpers_local_imports_and_module_imports():
     """The finder itself, on stages whose code paths are known."""
     train = stage_code("train")
-    assert {"flows/stages/train_worker.py", "components/engine.py", "components/checkpoint.py",
-            "components/tune.py"} <= train
+    assert {
+        "flows/stages/train_worker.py",
+        "components/engine.py",
+        "components/checkpoint.py",
+        "components/tune.py",
+    } <= train
     assert "components/compress.py" not in train and "components/validate.py" not in train
     augment = stage_code("augment")  # matplotlib's preview is imported inside a function
     assert {"components/augment.py", "components/data.py"} <= augment and "components/engine.py" not in augment

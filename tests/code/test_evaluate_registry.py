@@ -23,13 +23,16 @@ def test_binary_auc_uses_positive_column():
     assert classification_metrics(np.array([0, 1, 0, 1]), proba)["roc_auc_ovr"] == 1.0
 
 
-@pytest.mark.parametrize("challenger,champion,promote", [
-    (0.95, None, True),      # first model above the floor
-    (0.85, None, False),     # below the floor
-    (0.980, 0.981, True),    # within tolerance
-    (0.975, 0.981, False),   # trails by more than the tolerance
-    (0.99, 0.98, True),      # better
-])
+@pytest.mark.parametrize(
+    "challenger,champion,promote",
+    [
+        (0.95, None, True),  # first model above the floor
+        (0.85, None, False),  # below the floor
+        (0.980, 0.981, True),  # within tolerance
+        (0.975, 0.981, False),  # trails by more than the tolerance
+        (0.99, 0.98, True),  # better
+    ],
+)
 def test_gate(challenger, champion, promote):
     d = decide(challenger, champion, floor=0.9, tolerance=0.002)
     assert d.promote is promote and d.reasons

@@ -1,5 +1,6 @@
 """Hostile images and prediction inputs become data errors that name the file (and the rows), never
 a decode of a huge image, a traceback or a nan confidence (issue 18)."""
+
 from __future__ import annotations
 
 import struct
@@ -21,13 +22,18 @@ from tests.conftest import make_images
 def bomb_png(path, width: int, height: int) -> None:
     """A valid 1-bit grayscale PNG of width x height black pixels, written row by row: a tiny file
     whatever it declares (20000 x 20000: 49 kB; the issue's was 380 kB)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     z, row = zlib.compressobj(9), b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
     idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 def cfg(root, **extra):

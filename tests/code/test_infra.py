@@ -3,6 +3,7 @@
 Compose: the services, credentials only from the environment with `${VAR:?}` (compose refuses
 to start while one is unset), every variable named in .env.example, ports on loopback.
 Kubernetes: credentials only through secretKeyRef. No literal secret anywhere in infra/."""
+
 from __future__ import annotations
 
 import re
@@ -24,17 +25,23 @@ def compose() -> dict:
 
 def _compose_text() -> str:
     """The compose file without its comment lines."""
-    return "\n".join(l for l in (INFRA / "docker-compose.yml").read_text().splitlines() if not l.lstrip().startswith("#"))
+    return "\n".join(
+        line for line in (INFRA / "docker-compose.yml").read_text().splitlines() if not line.lstrip().startswith("#")
+    )
 
 
 def test_compose_has_the_shared_services(compose):
     s = compose["services"]
     assert {"postgres", "minio", "create-buckets", "mlflow", "prefect-server", "worker"} <= set(s)
     mlflow_env = s["mlflow"]["environment"]
-    assert mlflow_env["MLFLOW_DB_URI"].startswith("postgresql+psycopg2://") and mlflow_env["MLFLOW_ARTIFACTS"].startswith("s3://")
+    assert mlflow_env["MLFLOW_DB_URI"].startswith("postgresql+psycopg2://") and mlflow_env[
+        "MLFLOW_ARTIFACTS"
+    ].startswith("s3://")
     assert "minio:9000" in s["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"]
     assert "--app-name basic-auth" in (INFRA / "docker" / "mlflow-server.sh").read_text()
-    assert s["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert s["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith(
+        "postgresql+asyncpg://"
+    )
     assert "mc mb" in " ".join(s["create-buckets"]["entrypoint"])
     assert s["worker"]["image"] == s["mlflow"]["image"] and s["worker"]["build"]["dockerfile"] == "infra/Dockerfile"
     assert "prefect worker start" in " ".join(s["worker"]["command"])
@@ -44,8 +51,13 @@ def test_compose_has_the_shared_services(compose):
 def test_compose_credentials_come_only_from_required_env(compose):
     refs = VAR.findall(_compose_text())
     secret_refs = [(name, op) for name, op, _ in refs if SECRET_NAME.search(name)]
-    assert {n for n, _ in secret_refs} >= {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_ADMIN_PASSWORD",
-                                          "MLFLOW_SECRET_KEY", "PREFECT_AUTH_STRING"}
+    assert {n for n, _ in secret_refs} >= {
+        "POSTGRES_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_SECRET_KEY",
+        "PREFECT_AUTH_STRING",
+    }
     assert all(op == ":?" for _, op in secret_refs), [r for r in secret_refs if r[1] != ":?"]
     # an environment value that is a secret is a ${VAR:?} reference, never a literal
     for svc in compose["services"].values():
@@ -56,12 +68,14 @@ def test_compose_credentials_come_only_from_required_env(compose):
 
 def test_env_example_names_every_variable_without_values(compose):
     lines = (INFRA / ".env.example").read_text().splitlines()
-    required = {l.split("=")[0] for l in lines if re.fullmatch(r"[A-Z0-9_]+=", l.strip())}
-    optional = {m.group(1) for l in lines if (m := re.match(r"#\s*([A-Z0-9_]+)=", l.strip()))}
+    required = {line.split("=")[0] for line in lines if re.fullmatch(r"[A-Z0-9_]+=", line.strip())}
+    optional = {m.group(1) for line in lines if (m := re.match(r"#\s*([A-Z0-9_]+)=", line.strip()))}
     used = {name for name, _, _ in VAR.findall(_compose_text())}
     assert used <= required | optional, used - required - optional
     assert {n for n, op, _ in VAR.findall(_compose_text()) if op == ":?"} <= required
-    assert all(l.strip().endswith("=") for l in lines if re.match(r"[A-Z0-9_]+=", l)), "a value in .env.example"
+    assert all(line.strip().endswith("=") for line in lines if re.match(r"[A-Z0-9_]+=", line)), (
+        "a value in .env.example"
+    )
 
 
 def test_compose_ports_bind_to_loopback_by_default(compose):
@@ -114,7 +128,7 @@ def test_k8s_manifests_worker_job_and_secret_refs():
     svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "mlpipe-train")
     assert svc["spec"]["clusterIP"] == "None" and job["spec"]["template"]["spec"]["subdomain"] == "mlpipe-train"
     for d in docs:
-        for c in (d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])):
+        for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
             for e in c.get("env", []):
                 if SECRET_NAME.search(e["name"]) or "STORAGE" in e["name"]:
                     assert "secretKeyRef" in e.get("valueFrom", {}), f"{e['name']} must come from a Secret"

@@ -1,4 +1,5 @@
 """Reading `mlpipe predict` inputs into the model's input shape."""
+
 import numpy as np
 import pytest
 

@@ -68,6 +68,8 @@ def test_shift_only_moves_pixels():
 def test_disabled_and_tabular():
     off = load_config(None, ["augment.enabled=false"]).augment
     assert augment.build_augment(off, "image", np.zeros((2, 1, 4, 4), np.float32)) is None
-    tab = augment.build_augment(load_config(None).augment, "tabular", np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32))
+    tab = augment.build_augment(
+        load_config(None).augment, "tabular", np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    )
     x = torch.zeros(10, 3)
     assert tab(x, torch.Generator().manual_seed(0)).abs().max() > 0

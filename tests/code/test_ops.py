@@ -1,4 +1,5 @@
 """Operations code on tiny inputs: the schedule config, SQLite WAL, pid files, safe loading."""
+
 from __future__ import annotations
 
 import os
@@ -23,12 +24,15 @@ def test_schedule_defaults_from_params():
     assert (s.name, s.cron, s.timezone, s.work_pool) == ("nightly", "0 2 * * *", "UTC", None)
 
 
-@pytest.mark.parametrize("item, words", [
-    ("schedule.cron=0 2 * *", ["schedule.cron", "5 fields", "'0 2 * *'"]),
-    ("schedule.cron=0 2 * * * *", ["schedule.cron", "5 fields"]),
-    ("schedule.timezone=Mars/Olympus", ["schedule.timezone", "IANA", "Mars/Olympus"]),
-    ("schedule.name=", ["schedule.name"]),
-])
+@pytest.mark.parametrize(
+    "item, words",
+    [
+        ("schedule.cron=0 2 * *", ["schedule.cron", "5 fields", "'0 2 * *'"]),
+        ("schedule.cron=0 2 * * * *", ["schedule.cron", "5 fields"]),
+        ("schedule.timezone=Mars/Olympus", ["schedule.timezone", "IANA", "Mars/Olympus"]),
+        ("schedule.name=", ["schedule.name"]),
+    ],
+)
 def test_bad_schedule_names_key_and_value(item, words):
     with pytest.raises(ConfigError) as e:
         load_config(REPO / "params.yaml", [item])
@@ -53,8 +57,15 @@ def test_stop_all_stops_process_groups_and_clears_pid_files(tmp_path):
     pid_dir = paths.servers
     pid_dir.mkdir(parents=True)
     # a parent with a child in its own session, like a server and its workers
-    proc = subprocess.Popen([sys.executable, "-c", "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)"],
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess,sys,time; "
+            "subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)",
+        ],
+        start_new_session=True,
+    )
     servers.write_pid(paths, servers.Server("mlflow", "http://127.0.0.1:1", proc.pid, pid_dir / "mlflow.log"))
     (pid_dir / "prefect.pid").write_text("999999999\nhttp://x\n")  # stale: that process is gone
     assert set(servers.running(Paths(tmp_path))) == {"mlflow"}
@@ -73,7 +84,9 @@ def test_serve_refuses_a_busy_port(tmp_path):
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(servers.ServerError, match=f"port {port}"):
-            servers.serve_all(Paths(tmp_path), REPO / "params.yaml", mlflow_port=port, prefect_port=servers.free_port(), deploy=False)
+            servers.serve_all(
+                Paths(tmp_path), REPO / "params.yaml", mlflow_port=port, prefect_port=servers.free_port(), deploy=False
+            )
     assert not servers.running(Paths(tmp_path))
 
 

@@ -1,13 +1,14 @@
 """components/tune.py on tiny data with real Optuna studies (in memory, journal file, Postgres)."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
 import uuid
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -19,8 +20,16 @@ from tests.conftest import REPO, need_service
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-TINY = ["tune.epochs=[2,3]", "tune.width=[4]", "tune.depth=[1,1]", "tune.batch_size=[16]", "tune.min_resource=1",
-        "model.kind=mlp", "data.val_size=0.25", "tune.objective=holdout"]
+TINY = [
+    "tune.epochs=[2,3]",
+    "tune.width=[4]",
+    "tune.depth=[1,1]",
+    "tune.batch_size=[16]",
+    "tune.min_resource=1",
+    "model.kind=mlp",
+    "data.val_size=0.25",
+    "tune.objective=holdout",
+]
 
 
 def tabular(n_per_class=20, k=3, d=4, seed=0) -> tune.TrialData:
@@ -30,14 +39,17 @@ def tabular(n_per_class=20, k=3, d=4, seed=0) -> tune.TrialData:
     return tune.TrialData(X, y.astype(np.int64), "tabular", None, [str(i) for i in range(k)], [d])
 
 
-@pytest.mark.parametrize("item,key,words", [
-    ("tune.lr=[0.01,0.001]", "tune.lr", "out of order"),
-    ("tune.epochs=[30,5]", "tune.epochs", "out of order"),
-    ("tune.dropout=[0.1,1.5]", "tune.dropout", "must lie in [0.0, 0.95]"),
-    ("tune.weight_decay=[0,0.1]", "tune.weight_decay", "must lie in (0.0, 1.0]"),
-    ("tune.width=[]", "tune.width", "non-empty"),
-    ("cv.folds=1", "cv.folds", "greater than or equal to 2"),
-])
+@pytest.mark.parametrize(
+    "item,key,words",
+    [
+        ("tune.lr=[0.01,0.001]", "tune.lr", "out of order"),
+        ("tune.epochs=[30,5]", "tune.epochs", "out of order"),
+        ("tune.dropout=[0.1,1.5]", "tune.dropout", "must lie in [0.0, 0.95]"),
+        ("tune.weight_decay=[0,0.1]", "tune.weight_decay", "must lie in (0.0, 1.0]"),
+        ("tune.width=[]", "tune.width", "non-empty"),
+        ("cv.folds=1", "cv.folds", "greater than or equal to 2"),
+    ],
+)
 def test_bad_bounds_name_the_key(item, key, words):
     with pytest.raises(ConfigError) as e:
         load_config(None, [item])
@@ -45,8 +57,16 @@ def test_bad_bounds_name_the_key(item, key, words):
 
 
 def test_search_space_gives_valid_configs_for_both_archs():
-    params = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "epochs": 20, "dropout": 0.1, "width": 16,
-              "depth": 3, "aug_strength": 2.0}
+    params = {
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "batch_size": 32,
+        "epochs": 20,
+        "dropout": 0.1,
+        "width": 16,
+        "depth": 3,
+        "aug_strength": 2.0,
+    }
     cfg = load_config(None)
     cnn = tune.search_space(optuna.trial.FixedTrial(params), cfg, "cnn")
     assert cnn["model.channels"] == [16, 32, 64] and cnn["train.epochs"] == 20
@@ -83,7 +103,9 @@ def test_study_name_follows_data_and_search_space_not_budget():
     assert tune.study_name(load_config(None, ["tune.n_trials=99", "tune.n_workers=1"]), "abc", "digits") == name
     assert tune.study_name(load_config(None, ["train.epochs=3", "train.lr=0.1"]), "abc", "digits") == name  # searched
     assert tune.study_name(load_config(None, ["train.patience=3"]), "abc", "digits") != name
-    assert tune.study_name(load_config(None, ["train.val_every=5"]), "abc", "digits") == name  # trials validate every epoch
+    assert (
+        tune.study_name(load_config(None, ["train.val_every=5"]), "abc", "digits") == name
+    )  # trials validate every epoch
     assert tune.study_name(base, "abd", "digits") != name
     assert tune.study_name(load_config(None, ["tune.lr=[0.001,0.002]"]), "abc", "digits") != name
 
@@ -113,7 +135,9 @@ def test_cv_objective_is_the_mean_over_the_folds_of_the_cv_stage():
     s = cv.summarize(cv.cross_validate(td.X, td.y, spec, tcfg, td.kind, td.value_range, td.classes))
     assert s["folds"] == 3
     assert t.value == pytest.approx(s["loss_mean"], rel=1e-4)
-    assert t.user_attrs["val_accuracy"] == pytest.approx(s["accuracy_mean"]) and t.user_attrs["val_accuracy_std"] == pytest.approx(s["accuracy_std"])
+    assert t.user_attrs["val_accuracy"] == pytest.approx(s["accuracy_mean"]) and t.user_attrs[
+        "val_accuracy_std"
+    ] == pytest.approx(s["accuracy_std"])
 
 
 def test_trial_child_run_holds_every_epoch_params_and_state(tmp_path):
@@ -132,7 +156,9 @@ def test_trial_child_run_holds_every_epoch_params_and_state(tmp_path):
     with tracking.stage_run("tune", None) as tune_run:
         study.optimize(tracked_objective(cfg, tabular(), tune_run, None), n_trials=1)
     client = MlflowClient()
-    (run,) = client.search_runs([mlflow.get_experiment_by_name("mlpipe").experiment_id], "tags.`mlpipe.stage` = 'tune.trial'")
+    (run,) = client.search_runs(
+        [mlflow.get_experiment_by_name("mlpipe").experiment_id], "tags.`mlpipe.stage` = 'tune.trial'"
+    )
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == [1, 2, 3] and history[0].timestamp <= history[-1].timestamp
     assert run.data.params["lr"] == str(study.trials[0].params["lr"]) and run.data.tags["optuna.state"] == "COMPLETE"
@@ -147,7 +173,9 @@ def test_nan_loss_prunes_with_reason_never_completes():
     study = optuna.create_study()
     study.optimize(lambda t: tune.objective(t, cfg, td), n_trials=2)
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
-    assert all("diverged" in t.user_attrs["pruned_reason"] and "nan" in t.user_attrs["pruned_reason"] for t in study.trials)
+    assert all(
+        "diverged" in t.user_attrs["pruned_reason"] and "nan" in t.user_attrs["pruned_reason"] for t in study.trials
+    )
 
 
 def test_pruner_stops_training_between_epochs():
@@ -170,7 +198,7 @@ def test_unrelated_errors_fail_the_trial():
 
 def test_stale_running_trial_is_failed_and_retried(tmp_path):
     cfg = load_config(None, TINY)
-    storage = tune.make_storage(cfg, tmp_path / 'journal.log')
+    storage = tune.make_storage(cfg, tmp_path / "journal.log")
     study = tune.open_study(cfg, "s", storage)
     dead = study.ask()  # a worker took this trial and was killed
     dead.suggest_float("lr", 1e-3, 1e-2, log=True)
@@ -188,7 +216,7 @@ def test_stale_running_trial_is_failed_and_retried(tmp_path):
 
 def test_budget_counts_finished_trials_of_earlier_runs(tmp_path):
     cfg = load_config(None)
-    study = tune.open_study(cfg, "b", tune.make_storage(cfg, tmp_path / 'journal.log'))
+    study = tune.open_study(cfg, "b", tune.make_storage(cfg, tmp_path / "journal.log"))
     for _ in range(3):
         tune.run_one(study, lambda t: t.suggest_float("x", 0, 1), 3, tmp_path / "lock")
     ran = 0
@@ -251,12 +279,20 @@ WORKER = textwrap.dedent("""
 def run_two_workers(storage_arg: str, root) -> list[int]:
     """As the tune stage does: create the study (and a database's schema) first, then start workers."""
     cfg = load_config(None, [f"tune.storage={storage_arg}"] if storage_arg != "journal" else [])
-    storage = tune.make_storage(cfg, Path(root) / 'journal.log')
+    storage = tune.make_storage(cfg, Path(root) / "journal.log")
     tune.open_study(cfg, "parallel", storage)
     if hasattr(storage, "engine"):
         storage.engine.dispose()
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, storage_arg, str(root), str(i)], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, storage_arg, str(root), str(i)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     return [int(o[0].strip()) for o in outs]
@@ -272,7 +308,9 @@ def check_study(study: optuna.Study, per_worker: list[int]) -> None:
 def test_two_workers_share_a_journal_study(tmp_path):
     per_worker = run_two_workers("journal", tmp_path)
     cfg = load_config(None)
-    check_study(optuna.load_study(study_name="parallel", storage=tune.make_storage(cfg, tmp_path / 'journal.log')), per_worker)
+    check_study(
+        optuna.load_study(study_name="parallel", storage=tune.make_storage(cfg, tmp_path / "journal.log")), per_worker
+    )
 
 
 @pytest.fixture
@@ -298,7 +336,7 @@ def postgres_url():
 def test_two_workers_share_a_postgres_study(tmp_path, postgres_url):
     per_worker = run_two_workers(postgres_url, tmp_path)
     cfg = load_config(None, [f"tune.storage={postgres_url}"])
-    storage = tune.make_storage(cfg, tmp_path / 'journal.log')
+    storage = tune.make_storage(cfg, tmp_path / "journal.log")
     check_study(optuna.load_study(study_name="parallel", storage=storage), per_worker)
     storage.engine.dispose()  # let the fixture drop the database
 
@@ -306,4 +344,4 @@ def test_two_workers_share_a_postgres_study(tmp_path, postgres_url):
 def test_bad_storage_url_is_a_config_error(tmp_path):
     cfg = load_config(None, ["tune.storage=nosuchdb://x"])
     with pytest.raises(ConfigError, match="tune.storage"):
-        tune.make_storage(cfg, tmp_path / 'journal.log')
+        tune.make_storage(cfg, tmp_path / "journal.log")

@@ -1,6 +1,7 @@
 """The compress stage through registration on digits, with a shrunk config: variants are
 measured, the one over budget is not registered, every registered variant loads back from the
 registry (one through `mlpipe predict`), and promote.objective picks the version."""
+
 import json
 
 import numpy as np
@@ -18,8 +19,17 @@ pytestmark = pytest.mark.slow
 SHRUNK = {
     "train": {"epochs": 4, "num_threads": 1},
     # structured keeps 10% of the units with no fine-tuning: far beyond a 5-point budget
-    "compress": {"max_accuracy_drop": 0.05, "prune_steps": 2, "step_epochs": 1, "sparsity": 0.5, "keep": 0.1,
-                 "structured_epochs": 0, "student_epochs": 2, "repeats": 5, "calibration_samples": 64},
+    "compress": {
+        "max_accuracy_drop": 0.05,
+        "prune_steps": 2,
+        "step_epochs": 1,
+        "sparsity": 0.5,
+        "keep": 0.1,
+        "structured_epochs": 0,
+        "student_epochs": 2,
+        "repeats": 5,
+        "calibration_samples": 64,
+    },
     "promote": {"accuracy_floor": 0.5},
 }
 

@@ -15,15 +15,35 @@ import pytest
 from tests.conftest import BIN, client_for
 
 pytestmark = pytest.mark.slow
-SETS = ["--set", "tune.enabled=false", "--set", "cv.enabled=false", "--set", "compress.enabled=false",
-        "--set", "train.epochs=40", "--set", "train.patience=40", "--set", "train.checkpoint_min_seconds=0",
-        "--set", "promote.accuracy_floor=0.5"]
+SETS = [
+    "--set",
+    "tune.enabled=false",
+    "--set",
+    "cv.enabled=false",
+    "--set",
+    "compress.enabled=false",
+    "--set",
+    "train.epochs=40",
+    "--set",
+    "train.patience=40",
+    "--set",
+    "train.checkpoint_min_seconds=0",
+    "--set",
+    "promote.accuracy_floor=0.5",
+]
 
 
 def start(project, env, log) -> subprocess.Popen:
     with open(log, "w") as f:  # a file, not a pipe: a full pipe would block the run
-        return subprocess.Popen([str(BIN / "mlpipe"), "run", *SETS], cwd=project, env=env, stdout=f, stderr=f,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            [str(BIN / "mlpipe"), "run", *SETS],
+            cwd=project,
+            env=env,
+            stdout=f,
+            stderr=f,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def kill_when(proc: subprocess.Popen, log, ready, what: str, timeout: float = 300) -> None:
@@ -54,10 +74,15 @@ def test_kill_mid_train_and_mid_register_then_rerun(project):
     for k in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
         env.pop(k, None)
     checkpoints, logs = project / "models/checkpoints", [project / "run1.log", project / "run2.log"]
-    kill_when(start(project, env, logs[0]), logs[0], lambda: checkpoints.exists() and any(checkpoints.glob("*.pt")),
-              "checkpoint")
-    kill_when(start(project, env, logs[1]), logs[1], lambda: versions_registered(project / "mlflow.db"),
-              "registered version")
+    kill_when(
+        start(project, env, logs[0]),
+        logs[0],
+        lambda: checkpoints.exists() and any(checkpoints.glob("*.pt")),
+        "checkpoint",
+    )
+    kill_when(
+        start(project, env, logs[1]), logs[1], lambda: versions_registered(project / "mlflow.db"), "registered version"
+    )
 
     client = client_for(project)
     exp = client.get_experiment_by_name("mlpipe")
@@ -65,8 +90,15 @@ def test_kill_mid_train_and_mid_register_then_rerun(project):
     (undecided,) = client.search_model_versions("name='mlpipe-digits'")
     assert "mlpipe.decision" not in undecided.tags  # killed between registering and deciding
 
-    r = subprocess.run([str(BIN / "mlpipe"), "run", *SETS], cwd=project, env=env, capture_output=True, text=True,
-                       timeout=600, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [str(BIN / "mlpipe"), "run", *SETS],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
     runs = client.search_runs([exp.experiment_id])
@@ -82,4 +114,6 @@ def test_kill_mid_train_and_mid_register_then_rerun(project):
     champion = client.get_model_version_by_alias("mlpipe-digits", "champion")
     promotion = json.loads((project / "reports/promotion.json").read_text())
     assert promotion["champion"] == str(champion.version)
-    assert promotion["decision"] == client.get_model_version("mlpipe-digits", promotion["version"]).tags["mlpipe.decision"]
+    assert (
+        promotion["decision"] == client.get_model_version("mlpipe-digits", promotion["version"]).tags["mlpipe.decision"]
+    )

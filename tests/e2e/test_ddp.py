@@ -1,5 +1,6 @@
 """The train stage on real processes: 2-rank gloo DDP under torch's elastic agent against 1 rank,
 a killed rank restarted and resumed, and `kill -9` of the stage then the same command again."""
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,18 @@ from tests.conftest import BIN, child_processes, cli, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-SMALL = {"model": {"channels": [8, 16], "hidden": [32], "dropout": 0.1},
-         # a checkpoint every epoch, however short: the kill tests wait for epoch 2's file
-         "train": {"epochs": 6, "batch_size": 64, "patience": 50, "num_threads": 0, "keep_checkpoints": 3,
-                   "checkpoint_min_seconds": 0}}
+SMALL = {
+    "model": {"channels": [8, 16], "hidden": [32], "dropout": 0.1},
+    # a checkpoint every epoch, however short: the kill tests wait for epoch 2's file
+    "train": {
+        "epochs": 6,
+        "batch_size": 64,
+        "patience": 50,
+        "num_threads": 0,
+        "keep_checkpoints": 3,
+        "checkpoint_min_seconds": 0,
+    },
+}
 TWO = {"nproc_per_node": 2, "max_restarts": 2, "timeout": 60}
 
 
@@ -77,9 +86,8 @@ def test_two_rank_ddp_matches_one_rank_and_logs_one_run(runs):
     acc1, acc2 = _test_accuracy(runs["one"]), _test_accuracy(runs["two"])
     assert acc1 > 0.85 and abs(acc1 - acc2) <= 0.03, (acc1, acc2)
 
-    from mlflow.tracking import MlflowClient
-
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(f"sqlite:///{runs['two'] / 'mlflow.db'}")
     client = MlflowClient()
@@ -96,8 +104,15 @@ def test_two_rank_ddp_matches_one_rank_and_logs_one_run(runs):
 def _start_train(root: Path) -> subprocess.Popen:
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(root / ".prefect")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([str(BIN / "mlpipe"), "stage", "train"], cwd=root, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [str(BIN / "mlpipe"), "stage", "train"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _wait_for_epoch(root: Path, proc: subprocess.Popen, epoch: int, timeout: float = 120) -> None:
@@ -142,7 +157,9 @@ def test_kill_9_of_the_stage_then_the_same_command_resumes(runs):
 
 
 def _silent_rank(rank: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     from components import distributed
 
     d = distributed.init(timeout_s=3)

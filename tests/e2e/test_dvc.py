@@ -1,5 +1,6 @@
 """`dvc repro` in a temporary copy of the project: the same stages, skipped when unchanged,
 and only the downstream stages re-run after a parameter change."""
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,12 @@ pytestmark = pytest.mark.slow
 
 
 def sh(*cmd, cwd):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(cwd / ".prefect"), "PYTHONPATH": str(cwd)}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PREFECT_HOME": str(cwd / ".prefect"),
+        "PYTHONPATH": str(cwd),
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, f"{cmd}: {r.stdout[-2000:]}\n{r.stderr[-2000:]}"
@@ -36,13 +42,20 @@ def _outs(stage: dict) -> list[str]:
 def downstream_of_param(dvc: dict, section: str) -> set[str]:
     """Stages that read params `section` (or a key in it), and every stage that depends on them."""
     stages = dvc["stages"]
-    hit = {n for n, st in stages.items()
-           if any((p if isinstance(p, str) else next(iter(p))).split(".")[0] == section for p in st.get("params", []))}
+    hit = {
+        n
+        for n, st in stages.items()
+        if any((p if isinstance(p, str) else next(iter(p))).split(".")[0] == section for p in st.get("params", []))
+    }
     changed = True
     while changed:
         produced = [o for n in hit for o in _outs(stages[n])]
-        new = {n for n, st in stages.items() if n not in hit and any(
-            d == o or d.startswith(o.rstrip("/") + "/") for d in st.get("deps", []) for o in produced)}
+        new = {
+            n
+            for n, st in stages.items()
+            if n not in hit
+            and any(d == o or d.startswith(o.rstrip("/") + "/") for d in st.get("deps", []) for o in produced)
+        }
         hit |= new
         changed = bool(new)
     return hit
@@ -57,7 +70,9 @@ def test_repro_runs_skips_and_reruns_downstream(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"]["epochs"] = 2
     # a tiny study and 2-fold CV; compression has its own end-to-end test
-    params["tune"].update(n_trials=3, n_workers=1, epochs=[2, 3], width=[8], depth=[1, 1], batch_size=[64], min_resource=1)
+    params["tune"].update(
+        n_trials=3, n_workers=1, epochs=[2, 3], width=[8], depth=[1, 1], batch_size=[64], min_resource=1
+    )
     params["cv"]["folds"] = 2
     params["compress"]["enabled"] = False
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

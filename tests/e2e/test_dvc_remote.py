@@ -1,5 +1,6 @@
 """`dvc push` / `dvc pull` of data and a model round-trip through the project's default remote
 (.dvc/config: a local folder), in a fresh DVC project that uses that config."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,14 @@ pytestmark = pytest.mark.slow
 
 
 def _dvc(*args, cwd):
-    r = subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    r = subprocess.run(
+        [str(BIN / "dvc"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
     assert r.returncode == 0, f"dvc {' '.join(args)}: {r.stdout}{r.stderr}"
     return r.stdout
 
@@ -30,7 +37,9 @@ def _digest(path) -> str:
 def test_push_pull_round_trip_through_default_remote(tmp_path):
     _dvc("init", "--no-scm", "-q", cwd=tmp_path)
     # the repository's config (default remote and all), in a project without git
-    (tmp_path / ".dvc" / "config").write_text((REPO / ".dvc" / "config").read_text().replace("[core]\n", "[core]\n    no_scm = True\n", 1))
+    (tmp_path / ".dvc" / "config").write_text(
+        (REPO / ".dvc" / "config").read_text().replace("[core]\n", "[core]\n    no_scm = True\n", 1)
+    )
     data, model = tmp_path / "data" / "prepared", tmp_path / "models" / "model.pt"
     data.mkdir(parents=True)
     model.parent.mkdir()

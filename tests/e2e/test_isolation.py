@@ -14,8 +14,20 @@ import pytest
 from tests.conftest import BIN, cli, client_for
 
 pytestmark = pytest.mark.slow
-FAST = ["--set", "tune.enabled=false", "--set", "cv.enabled=false", "--set", "compress.enabled=false",
-        "--set", "train.epochs=30", "--set", "promote.accuracy_floor=0.5", "--set", "model.hidden=[16]"]
+FAST = [
+    "--set",
+    "tune.enabled=false",
+    "--set",
+    "cv.enabled=false",
+    "--set",
+    "compress.enabled=false",
+    "--set",
+    "train.epochs=30",
+    "--set",
+    "promote.accuracy_floor=0.5",
+    "--set",
+    "model.hidden=[16]",
+]
 
 
 def blobs_csv(path, labels: tuple[str, str, str], seed: int = 0) -> None:
@@ -81,12 +93,20 @@ def test_two_runs_at_once_in_one_folder_each_register_their_own_data(project, pr
     env = {**api, "PATH": f"{BIN}:/usr/bin:/bin", "PREFECT_HOME": str(project / ".prefect")}
     procs = []
     for source in ("sklearn:digits", "sklearn:breast_cancer"):
-        procs.append(subprocess.Popen([str(BIN / "mlpipe"), "run", *FAST, "--set", f"data.source={source}"], cwd=project,
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      stdin=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / "mlpipe"), "run", *FAST, "--set", f"data.source={source}"],
+                cwd=project,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                stdin=subprocess.DEVNULL,
+            )
+        )
         time.sleep(1.0)
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     assert any("waiting for `mlpipe run" in out + err for out, err in outs), "the second run should have waited"
 
@@ -110,18 +130,32 @@ def test_the_run_lock_waits_for_its_holder_or_fails_at_once_naming_it(project):
         r = cli("stage", "ingest", "--no-wait", cwd=project, timeout=120)
         assert r.returncode == 2
         assert "test holder" in r.stderr and "--no-wait" in r.stderr and not (project / "data/prepared").exists()
-        waiting = subprocess.Popen([str(BIN / "mlpipe"), "stage", "ingest"], cwd=project, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        waiting = subprocess.Popen(
+            [str(BIN / "mlpipe"), "stage", "ingest"],
+            cwd=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         time.sleep(8)
         assert waiting.poll() is None and not (project / "data/prepared").exists()  # still waiting
     out, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 0, err[-2000:]
     assert "waiting for `test holder`" in err and (project / "data/prepared/meta.json").exists()
     # a holder that died (kill -9) is taken over at once
-    holder = subprocess.Popen([str(BIN / "python"), "-c", "import sys, time\nfrom flows.locks import project_lock\n"
-                               "from flows.paths import Paths\nwith project_lock(Paths(sys.argv[1]), 'doomed'):\n"
-                               "    print('held', flush=True); time.sleep(600)", str(project)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            str(BIN / "python"),
+            "-c",
+            "import sys, time\nfrom flows.locks import project_lock\n"
+            "from flows.paths import Paths\nwith project_lock(Paths(sys.argv[1]), 'doomed'):\n"
+            "    print('held', flush=True); time.sleep(600)",
+            str(project),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     holder.kill()
     holder.wait()

@@ -1,5 +1,6 @@
 """The real entry point (`mlpipe run`, a real Prefect flow) on a shrunk config, with a temporary
 MLflow store; asserts on the registry and the run structure a user sees in the MLflow UI."""
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,22 @@ def test_flow_tracks_registers_gates_and_survives_bad_input(project, prefect_api
     assert versions(client, "mlpipe-digits") == [1]
 
     # a weaker challenger (one epoch, a tiny model) is registered but rejected by the gate
-    r = cli("run", "--set", "train.epochs=1", "--set", "model.channels=[4]", "--set", "model.hidden=[8]",
-            "--set", "promote.accuracy_floor=0.5", "--set", "promote.tolerance=0.0", *FAST, cwd=project, env=api)
+    r = cli(
+        "run",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "model.channels=[4]",
+        "--set",
+        "model.hidden=[8]",
+        "--set",
+        "promote.accuracy_floor=0.5",
+        "--set",
+        "promote.tolerance=0.0",
+        *FAST,
+        cwd=project,
+        env=api,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert versions(client, "mlpipe-digits") == [1, 2]
     v2 = client.get_model_version("mlpipe-digits", "2")
@@ -102,5 +117,9 @@ def test_flow_tracks_registers_gates_and_survives_bad_input(project, prefect_api
     runs_after = client.search_runs([exp.experiment_id])
     before = {r.info.run_id: r.info.status for r in runs}
     assert all(r.info.status == before[r.info.run_id] for r in runs_after if r.info.run_id in before)
-    failed = [r for r in runs_after if r.info.run_id not in before and "mlflow.parentRunId" not in r.data.tags and r.info.status == "FAILED"]
+    failed = [
+        r
+        for r in runs_after
+        if r.info.run_id not in before and "mlflow.parentRunId" not in r.data.tags and r.info.status == "FAILED"
+    ]
     assert len(failed) == 1 and "003.png" in failed[0].data.tags["mlpipe.error"]

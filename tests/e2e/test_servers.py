@@ -3,6 +3,7 @@ Prefect server, and the scheduled deployment's serve process, on free loopback p
 
 Two pipeline runs at once against them; a triggered run of the deployment that fails; the
 registered model's page in headless Chromium. `mlpipe stop` ends it all."""
+
 from __future__ import annotations
 
 import json
@@ -16,29 +17,47 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, REPO, write_params
 from flows import servers
+from tests.conftest import BIN, REPO, write_params
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1400,900", "--virtual-time-budget=15000"]
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,900",
+    "--virtual-time-budget=15000",
+]
 # the spine, shrunk: no tuning, CV or compression, 2 epochs
 QUICK = [f"--set={kv}" for kv in ("train.epochs=2", "tune.enabled=false", "cv.enabled=false", "compress.enabled=false")]
 
 
 def _env(stack: dict, folder: Path) -> dict:
     """What the README tells a user to export, plus a Prefect home of its own."""
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(folder / ".prefect"),
-           "MLFLOW_TRACKING_URI": stack["mlflow"], "PREFECT_API_URL": stack["prefect"]}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PREFECT_HOME": str(folder / ".prefect"),
+        "MLFLOW_TRACKING_URI": stack["mlflow"],
+        "PREFECT_API_URL": stack["prefect"],
+    }
     return env
 
 
 def _api(url: str, body: dict | None = None) -> dict | list:
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+    req = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -50,19 +69,36 @@ def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("serve")
     write_params(home, validate={"min_rows_per_class": 100000}, train={"epochs": 2})
     mport, pport = servers.free_port(), servers.free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(home / ".prefect"),
-           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PREFECT_HOME": str(home / ".prefect"),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_API_URL", None)
-    started = subprocess.run([str(BIN / "mlpipe"), "serve", "--mlflow-port", str(mport), "--prefect-port", str(pport)],
-                             cwd=home, env=env, capture_output=True, text=True, timeout=300)
+    started = subprocess.run(
+        [str(BIN / "mlpipe"), "serve", "--mlflow-port", str(mport), "--prefect-port", str(pport)],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     pids = {f.stem: int(f.read_text().split()[0]) for f in (home / ".mlpipe" / "servers").glob("*.pid")}
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{mport}" in started.stdout
-        yield {"home": home, "mlflow": f"http://127.0.0.1:{mport}", "prefect": f"http://127.0.0.1:{pport}/api", "pids": pids}
+        yield {
+            "home": home,
+            "mlflow": f"http://127.0.0.1:{mport}",
+            "prefect": f"http://127.0.0.1:{pport}/api",
+            "pids": pids,
+        }
     finally:
-        stopped = subprocess.run([str(BIN / "mlpipe"), "stop"], cwd=home, env=env, capture_output=True, text=True, timeout=120)
+        stopped = subprocess.run(
+            [str(BIN / "mlpipe"), "stop"], cwd=home, env=env, capture_output=True, text=True, timeout=120
+        )
         for pid in pids.values():
             if servers._alive(pid):  # leave nothing behind even when the assertion below fails
                 servers.stop(pid)
@@ -78,14 +114,33 @@ def two_runs(stack, tmp_path_factory):
     for seed in (0, 1):
         folder = tmp_path_factory.mktemp(f"run{seed}")
         shutil.copy(REPO / "params.yaml", folder / "params.yaml")
-        procs.append((folder, subprocess.Popen([str(BIN / "mlpipe"), "run", *QUICK, "--set", f"seed={seed}"], cwd=folder,
-                                               env=_env(stack, folder), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                               text=True, stdin=subprocess.DEVNULL)))
+        procs.append(
+            (
+                folder,
+                subprocess.Popen(
+                    [str(BIN / "mlpipe"), "run", *QUICK, "--set", f"seed={seed}"],
+                    cwd=folder,
+                    env=_env(stack, folder),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    stdin=subprocess.DEVNULL,
+                ),
+            )
+        )
     results = []
     for folder, p in procs:
         output, _ = p.communicate(timeout=600)
-        results.append({"folder": folder, "rc": p.returncode, "output": output,
-                        "promotion": json.loads((folder / "reports" / "promotion.json").read_text()) if p.returncode == 0 else None})
+        results.append(
+            {
+                "folder": folder,
+                "rc": p.returncode,
+                "output": output,
+                "promotion": json.loads((folder / "reports" / "promotion.json").read_text())
+                if p.returncode == 0
+                else None,
+            }
+        )
     return results
 
 
@@ -106,10 +161,15 @@ def test_two_flows_at_once_both_finish_fully_tracked(stack, two_runs):
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
     for p in parents:
         children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
-        assert {"ingest", "validate", "augment", "train", "evaluate", "register"} <= {c.data.tags["mlpipe.stage"] for c in children}
+        assert {"ingest", "validate", "augment", "train", "evaluate", "register"} <= {
+            c.data.tags["mlpipe.stage"] for c in children
+        }
         assert all(c.info.status == "FINISHED" for c in children)
         assert "test_accuracy" in p.data.metrics
-    flow_runs = _api(stack["prefect"] + "/flow_runs/filter", {"flow_runs": {"id": {"any_": [p.data.tags["mlpipe.prefect_flow_run_id"] for p in parents]}}})
+    flow_runs = _api(
+        stack["prefect"] + "/flow_runs/filter",
+        {"flow_runs": {"id": {"any_": [p.data.tags["mlpipe.prefect_flow_run_id"] for p in parents]}}},
+    )
     assert sorted(f["state_type"] for f in flow_runs) == ["COMPLETED", "COMPLETED"]
 
 
@@ -145,8 +205,14 @@ def test_failed_scheduled_run_leaves_champion_and_shows_why(stack, two_runs):
     dep = _api(stack["prefect"] + "/deployments/name/mlpipe/nightly")
     assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 2 * * *"]
     assert dep["schedules"][0]["schedule"]["timezone"] == "UTC"
-    trig = subprocess.run([str(BIN / "prefect"), "deployment", "run", "mlpipe/nightly"], cwd=stack["home"],
-                          env=_env(stack, stack["home"]), capture_output=True, text=True, timeout=120)
+    trig = subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", "mlpipe/nightly"],
+        cwd=stack["home"],
+        env=_env(stack, stack["home"]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert trig.returncode == 0, trig.stdout + trig.stderr
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", trig.stdout).group(1)
     deadline, state = time.monotonic() + 300, {}
@@ -165,13 +231,16 @@ def test_failed_scheduled_run_leaves_champion_and_shows_why(stack, two_runs):
 
 
 def _chromium(url: str, profile: Path, *mode: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}", *mode, url],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}", *mode, url], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_mlflow_ui_shows_champion_in_a_browser(stack, two_runs, tmp_path):
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} missing and could not be installed (`make test` runs apt-get install chromium as root)")
+        pytest.skip(
+            f"{CHROMIUM} missing and could not be installed (`make test` runs apt-get install chromium as root)"
+        )
     champ = _client(stack).get_model_version_by_alias(two_runs[0]["promotion"]["model_name"], "champion")
     url = f"{stack['mlflow']}/#/models/{champ.name}"
     dom = _chromium(url, tmp_path / "profile-dom", "--dump-dom")
@@ -190,16 +259,29 @@ def test_mlflow_ui_shows_champion_in_a_browser(stack, two_runs, tmp_path):
 
 def test_deploy_to_a_process_work_pool(stack, tmp_path):
     """`mlpipe deploy` with schedule.work_pool registers the deployment and returns."""
-    write_params(tmp_path, schedule={"name": "pooled", "cron": "30 3 * * 1-5", "timezone": "Europe/Berlin", "work_pool": "mlpipe-test"})
+    write_params(
+        tmp_path,
+        schedule={"name": "pooled", "cron": "30 3 * * 1-5", "timezone": "Europe/Berlin", "work_pool": "mlpipe-test"},
+    )
     env = _env(stack, tmp_path)
-    pool = subprocess.run([str(BIN / "prefect"), "work-pool", "create", "mlpipe-test", "--type", "process"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    pool = subprocess.run(
+        [str(BIN / "prefect"), "work-pool", "create", "mlpipe-test", "--type", "process"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert pool.returncode == 0, pool.stdout + pool.stderr
-    r = subprocess.run([str(BIN / "mlpipe"), "deploy", *QUICK], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [str(BIN / "mlpipe"), "deploy", *QUICK], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "prefect worker start --pool mlpipe-test" in r.stdout
     dep = _api(stack["prefect"] + "/deployments/name/mlpipe/pooled")
     assert dep["work_pool_name"] == "mlpipe-test" and dep["entrypoint"] == "flows/pipeline.py:pipeline"
-    assert [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in dep["schedules"]] == [("30 3 * * 1-5", "Europe/Berlin")]
+    assert [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in dep["schedules"]] == [
+        ("30 3 * * 1-5", "Europe/Berlin")
+    ]
     assert dep["parameters"]["overrides"] == [q.removeprefix("--set=") for q in QUICK]
     assert dep["parameters"]["root"] == str(tmp_path.resolve())

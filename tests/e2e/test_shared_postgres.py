@@ -1,6 +1,7 @@
 """The shared setup for real, without Docker: MLflow server on Postgres with the basic-auth app
 (users also in Postgres), the Prefect server on Postgres, and the pipeline against both. The
 machine's PostgreSQL (127.0.0.1:5432, trust auth) gets fresh databases, dropped afterwards."""
+
 from __future__ import annotations
 
 import base64
@@ -14,8 +15,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import BIN, REPO, need_service
 from flows import servers
+from tests.conftest import BIN, REPO, need_service
 
 pytestmark = pytest.mark.slow
 
@@ -65,11 +66,20 @@ def shared(fresh_dbs, tmp_path_factory):
     state = tmp_path_factory.mktemp("shared")
     password = secrets.token_urlsafe(16)  # made up per test run: nothing secret lives in the repo
     ini = state / "auth.ini"
-    ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {PG_MLFLOW}/{fresh_dbs['auth']}\nadmin_username = admin\n")
-    auth_env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
-    mlflow = servers.launch_mlflow(state, servers.free_port(), backend=f"{PG_MLFLOW}/{fresh_dbs['mlflow']}", auth=True, env=auth_env)
-    prefect = servers.launch_prefect(state, servers.free_port(), f"postgresql+asyncpg://postgres@127.0.0.1:5432/{fresh_dbs['prefect']}")
+    ini.write_text(
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {PG_MLFLOW}/{fresh_dbs['auth']}\nadmin_username = admin\n"
+    )
+    auth_env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+    }
+    mlflow = servers.launch_mlflow(
+        state, servers.free_port(), backend=f"{PG_MLFLOW}/{fresh_dbs['mlflow']}", auth=True, env=auth_env
+    )
+    prefect = servers.launch_prefect(
+        state, servers.free_port(), f"postgresql+asyncpg://postgres@127.0.0.1:5432/{fresh_dbs['prefect']}"
+    )
     mlflow, prefect = servers.start_both(mlflow, prefect)
     yield {"mlflow": mlflow.url, "prefect": prefect.url, "password": password, "state": state}
     servers.stop(mlflow.pid, prefect.pid)
@@ -95,12 +105,27 @@ def test_unauthenticated_request_gets_401(shared):
 
 def test_pipeline_on_postgres_servers(shared, fresh_dbs, tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(tmp_path / ".prefect"),
-           "MLFLOW_TRACKING_URI": shared["mlflow"], "PREFECT_API_URL": shared["prefect"],
-           "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": shared["password"]}
-    quick = [f"--set={kv}" for kv in ("train.epochs=2", "tune.enabled=false", "cv.enabled=false", "compress.enabled=false")]
-    r = subprocess.run([str(BIN / "mlpipe"), "run", *quick],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PREFECT_HOME": str(tmp_path / ".prefect"),
+        "MLFLOW_TRACKING_URI": shared["mlflow"],
+        "PREFECT_API_URL": shared["prefect"],
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": shared["password"],
+    }
+    quick = [
+        f"--set={kv}" for kv in ("train.epochs=2", "tune.enabled=false", "cv.enabled=false", "compress.enabled=false")
+    ]
+    r = subprocess.run(
+        [str(BIN / "mlpipe"), "run", *quick],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     # the rows are in Postgres, where the servers put them
     runs = dict(_query(fresh_dbs["mlflow"], "select name, status from runs where name like 'pipeline-%'"))

@@ -1,6 +1,7 @@
 """Issue 18 through the real components: two first runs creating the local MLflow store at the same
 moment, and `mlpipe predict` / `mlpipe stage ingest` (the CLI in-process, through typer's runner) on
 hostile inputs, predict against a model registered in a real MLflow store."""
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,17 @@ with tracking.stage_run(name, None):
 def test_two_first_runs_on_a_new_store_both_succeed_and_leave_a_working_store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri sets it for children
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    procs = [subprocess.Popen([sys.executable, "-c", FIRST_RUN, name], cwd=tmp_path, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FIRST_RUN, name],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name in ("a", "b")
+    ]
     deadline = time.monotonic() + 120
     while not all((tmp_path / f"{n}.ready").exists() for n in "ab") and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -74,8 +84,11 @@ def test_a_half_migrated_store_is_named_not_migrated_again(tmp_path, monkeypatch
     with sqlite3.connect(tmp_path / "mlflow.db") as con:  # what an interrupted MLflow schema creation leaves
         con.execute("CREATE TABLE runs (run_uuid TEXT)")
         con.execute("CREATE TABLE _alembic_tmp_latest_metrics (x INTEGER)")
-    with pytest.raises(MlpipeError, match=r"mlflow.db: a half-migrated MLflow store \(leftover table "
-                                          r"_alembic_tmp_latest_metrics.*holds 0 run\(s\). With none, move it aside"):
+    with pytest.raises(
+        MlpipeError,
+        match=r"mlflow.db: a half-migrated MLflow store \(leftover table "
+        r"_alembic_tmp_latest_metrics.*holds 0 run\(s\). With none, move it aside",
+    ):
         tracking.setup(TrackingConfig(), tmp_path)
 
 
@@ -162,8 +175,9 @@ def test_ingest_of_an_over_limit_jpeg_exits_2_naming_it(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    r = CliRunner().invoke(app, ["stage", "ingest", "--set", f"data.source=imagefolder:{root}",
-                                 "--set", "data.max_pixels=100000"])
+    r = CliRunner().invoke(
+        app, ["stage", "ingest", "--set", f"data.source=imagefolder:{root}", "--set", "data.max_pixels=100000"]
+    )
     assert r.exit_code == 2, r.output
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]  # after MLflow's first-run INFO lines
     assert len(errors) == 1 and "Traceback" not in r.output

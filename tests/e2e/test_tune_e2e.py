@@ -1,6 +1,7 @@
 """The tune and cv stages through the real entry points: `mlpipe stage tune` with a worker
 killed by SIGKILL and a re-run, and the Prefect flow (`mlpipe run`); `dvc repro` of both is in
 tests/e2e/test_dvc.py."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,17 @@ pytestmark = pytest.mark.slow
 
 # a few small trials of 2-3 epochs; CV with 2 folds
 SHRUNK = {
-    "tune": {"n_trials": 4, "n_workers": 2, "epochs": [2, 3], "lr": [0.01, 0.03], "width": [8], "depth": [1, 1], "batch_size": [64],
-             "min_resource": 1, "pruner": "median"},
+    "tune": {
+        "n_trials": 4,
+        "n_workers": 2,
+        "epochs": [2, 3],
+        "lr": [0.01, 0.03],
+        "width": [8],
+        "depth": [1, 1],
+        "batch_size": [64],
+        "min_resource": 1,
+        "pruner": "median",
+    },
     "cv": {"folds": 2},
     "model": {"hidden": [16]},
     "compress": {"enabled": False},
@@ -57,8 +67,15 @@ def test_killed_worker_then_rerun_completes_the_budget(project):
     write_params(project, **{**SHRUNK, "tune": {**SHRUNK["tune"], "n_trials": 12, "epochs": [3, 4], "pruner": "none"}})
     prepare(project)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(project / ".prefect")}
-    stage = subprocess.Popen([str(BIN / "mlpipe"), "stage", "tune"], cwd=project, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    stage = subprocess.Popen(
+        [str(BIN / "mlpipe"), "stage", "tune"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     victim = None
     while time.time() < deadline and stage.poll() is None:
@@ -66,8 +83,11 @@ def test_killed_worker_then_rerun_completes_the_budget(project):
         if journal.exists() and journal.stat().st_size:
             study = journal_study(project)
             workers = {c.pid for c in child_processes(stage.pid, "flows.stages.tune_worker")}
-            busy = [t.user_attrs["worker_pid"] for t in study.get_trials(states=(TrialState.RUNNING,))
-                    if t.user_attrs.get("worker_pid") in workers]
+            busy = [
+                t.user_attrs["worker_pid"]
+                for t in study.get_trials(states=(TrialState.RUNNING,))
+                if t.user_attrs.get("worker_pid") in workers
+            ]
             if busy and states(study).get("COMPLETE", 0) >= 1:
                 victim = busy[0]
                 os.kill(victim, signal.SIGKILL)
@@ -120,8 +140,14 @@ def test_tune_and_cv_in_the_prefect_flow(project, prefect_api):
     assert all(t.data.tags["optuna.state"] in ("COMPLETE", "PRUNED") and t.info.status == "FINISHED" for t in trials)
     assert all("val_loss" in t.data.metrics for t in trials)
     assert len(by_stage["cv.fold"]) == 2
-    assert "tune_best_value" in client.get_run(parent).data.metrics and "cv_accuracy_mean" in client.get_run(parent).data.metrics
+    assert (
+        "tune_best_value" in client.get_run(parent).data.metrics
+        and "cv_accuracy_mean" in client.get_run(parent).data.metrics
+    )
     (train_run,) = by_stage["train"]
     assert int(train_run.data.params["train.epochs"]) == best["params"]["epochs"]  # train read best_params.json
     assert {"tune/optimization_history.png", "tune/best_params.json"} <= {
-        f.path for d in client.list_artifacts(tune_run.info.run_id) for f in client.list_artifacts(tune_run.info.run_id, d.path)}
+        f.path
+        for d in client.list_artifacts(tune_run.info.run_id)
+        for f in client.list_artifacts(tune_run.info.run_id, d.path)
+    }

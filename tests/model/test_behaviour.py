@@ -1,4 +1,5 @@
 """Behaviour of a trained digits model: minimum functionality, invariance, direction, seeding."""
+
 import numpy as np
 import pytest
 import torch
@@ -61,7 +62,16 @@ def test_same_seed_same_weights():
         spec = models.spec_for(cfg.model, ds.meta)
         train.seed_everything(0)
         m = models.build(spec)
-        engine.fit(m, ds.X_train[:400], ds.y_train[:400], ds.X_train[400:500], ds.y_train[400:500], cfg.train, 0, progress=False)
+        engine.fit(
+            m,
+            ds.X_train[:400],
+            ds.y_train[:400],
+            ds.X_train[400:500],
+            ds.y_train[400:500],
+            cfg.train,
+            0,
+            progress=False,
+        )
         out.append(m.state_dict())
     for k in out[0]:
         torch.testing.assert_close(out[0][k], out[1][k], rtol=0, atol=0)
