@@ -2,20 +2,20 @@
 the tuned champion's CV comes from). Each job is one config x one seed: the cv stage's
 components.cv.cross_validate on the seed-0 80/20 training split, one CPU thread, CUDA hidden.
 
-    python benchmarks/cv_configs.py --seeds 0 1 2 3 4 [--configs default c48_b32 ...] [--jobs N]
+    python -m benchmarks.cv_configs --seeds 0 1 2 3 4 [--configs default c48_b32 ...] [--jobs N] [--set KEY=VALUE]
+    python -m benchmarks.cv_configs --smoke
 
 Prints one JSON line per job, then `name  mean  per-seed` lines. Figures in BENCHMARKS.md."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import SMOKE_HELP
 
 ONE_BLOCK = ["model.channels=[48]", "train.batch_size=32"]
 CONFIGS = {  # name -> config overrides on top of params.yaml's defaults (2 conv blocks 32/64, batch 64, 40 epochs)
@@ -44,9 +44,10 @@ CONFIGS = {  # name -> config overrides on top of params.yaml's defaults (2 conv
     "c48_b32_h256": ONE_BLOCK + ["model.hidden=[256]"],
     "c48_b32_noaug": ONE_BLOCK + ["augment.enabled=false"],
 }
+SMOKE = ["cv.folds=2", "train.epochs=1"]
 
 
-def job(name: str, seed: int) -> tuple[str, int, float, float]:
+def job(name: str, seed: int, extra: list[str]) -> tuple[str, int, float, float]:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
 
@@ -55,25 +56,35 @@ def job(name: str, seed: int) -> tuple[str, int, float, float]:
 
     torch.set_num_threads(1)
     ds = data.ingest(load_config(None).data, 0)  # the seed-0 80/20 split, as the pipeline's
-    cfg = load_config(None, CONFIGS[name] + [f"seed={seed}"])  # seed: fold shuffle, weight init, augmentation
-    spec = models.model_args(cfg.model, ds.meta.feature_shape, ds.meta.n_classes, ds.meta.kind)
+    cfg = load_config(None, CONFIGS[name] + extra + [f"seed={seed}"])  # seed: fold shuffle, weight init, augmentation
+    spec = models.spec_for(cfg.model, ds.meta)
     t0 = time.perf_counter()
     folds = cv.cross_validate(ds.X_train, ds.y_train, spec, cfg, ds.meta.kind, ds.meta.value_range, ds.meta.classes)
     return name, seed, cv.summarize(folds)["accuracy_mean"], time.perf_counter() - t0
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.cv_configs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    p.add_argument("--set", dest="sets", action="append", default=[], help="config override KEY=VALUE for every job")
+    p.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP}; the default config, seed 0, {' '.join(SMOKE)}")
     a = p.parse_args()
-    jobs = [(n, s) for n in a.configs for s in a.seeds]
+    if a.smoke:
+        a.seeds, a.configs, a.jobs, a.sets = [0], ["default"], 1, SMOKE + a.sets
+    jobs = [(n, s, a.sets) for n in a.configs for s in a.seeds]
     res: dict[str, dict[int, float]] = {}
     with ProcessPoolExecutor(a.jobs) as ex:
         for name, seed, acc, sec in ex.map(job, *zip(*jobs)):
             res.setdefault(name, {})[seed] = acc
             print(json.dumps({"config": name, "seed": seed, "cv_accuracy": acc, "seconds": round(sec)}), flush=True)
+    if a.sets:
+        print(f"overrides for every config: {a.sets}")
     for name, r in res.items():
         v = [r[s] for s in a.seeds]
         print(f"{name:14s} mean {sum(v) / len(v):.4f}  " + " ".join(f"{x:.4f}" for x in v))

@@ -18,7 +18,7 @@ BIN = Path(sys.executable).parent
 
 _env()  # the tools' quiet, offline defaults, as every `mlpipe` command sets them
 # two pytest workers on two cores: torch's OpenMP threads must sleep, not spin, while they wait
-# (two 2-thread trainings at once: 3-4x slower spinning; `bench_train.py omp-wait`)
+# (two 2-thread trainings at once: 3-4x slower spinning; `python -m benchmarks.train omp-wait`)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

@@ -1,24 +1,26 @@
-"""Local MLflow server on SQLite: WAL vs the default rollback journal under concurrent writers,
-and start-up times of the servers `mlpipe serve` launches.
+"""The local server stack (issue 6): MLflow's server on SQLite with WAL vs the default rollback
+journal under concurrent writers, and the start-up time of `mlflow server` as `mlpipe serve`
+launches it (flows.servers).
 
-    .venv/bin/python benchmarks/servers.py [--writers 4] [--runs 3] [--metrics 150] [--repeats 3]
+    python -m benchmarks.stack [--writers 4] [--runs 3] [--metrics 150] [--repeats 3]
+    python -m benchmarks.stack [--server-workers 2]
+    python -m benchmarks.stack --smoke     (2 writers x 1 run x 5 calls, 1 repeat, 1 server worker)
 
 Each writer process creates `--runs` runs and logs `--metrics` single metrics into each (one
 REST call each, like a training loop's per-epoch logging). Prints start-up seconds, wall seconds
-per trial and failed calls (e.g. 'database is locked' surfacing as HTTP 500 after retries)."""
+per trial and failed calls (e.g. 'database is locked' surfacing as HTTP 500 after retries).
+The servers' files go to a scratch folder under $MLPIPE_BENCH_DIR (default /tmp)."""
+
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import sys
-import tempfile
 import time
 from multiprocessing import Pool
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from flows import servers  # noqa: E402
+from benchmarks.common import SMOKE_HELP, loadavg, scratch
+from flows import servers
 
 
 def _writer(args) -> int:
@@ -39,14 +41,13 @@ def _writer(args) -> int:
     return failed
 
 
-def trial(wal: bool, writers: int, runs: int, metrics: int) -> tuple[float, float, int]:
+def trial(wal: bool, writers: int, runs: int, metrics: int, server_workers: int) -> tuple[float, float, int]:
     from mlflow.tracking import MlflowClient
 
-    with tempfile.TemporaryDirectory() as d:
-        state = Path(d)
+    with scratch("stack") as state:
         backend = servers.sqlite_wal(state / "mlflow.db") if wal else f"sqlite:///{state / 'mlflow.db'}"
         t0 = time.perf_counter()
-        srv = servers.start_mlflow(state, servers.free_port(), backend=backend)
+        srv = servers.start_mlflow(state, servers.free_port(), backend=backend, workers=server_workers)
         started = time.perf_counter() - t0
         try:
             MlflowClient(tracking_uri=srv.url).create_experiment("bench")
@@ -59,27 +60,41 @@ def trial(wal: bool, writers: int, runs: int, metrics: int) -> tuple[float, floa
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--metrics", type=int, default=150)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--server-workers", type=int, default=2, help="the server's worker processes (`mlpipe serve`: 2)")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
-    print(f"loadavg at start: {open('/proc/loadavg').read().split()[:3]}")
-    print(f"{a.writers} writers x {a.runs} runs x {a.metrics} log_metric calls, {a.repeats} repeats, alternating")
+    if a.smoke:
+        a.writers, a.runs, a.metrics, a.repeats, a.server_workers = 2, 1, 5, 1, 1
+    print(f"loadavg at start: {loadavg()}")
+    print(
+        f"{a.writers} writers x {a.runs} runs x {a.metrics} log_metric calls, {a.repeats} repeats, alternating; "
+        f"{a.server_workers} server workers"
+    )
     res = {True: [], False: []}
     for _ in range(a.repeats):
         for wal in (True, False):
-            res[wal].append(trial(wal, a.writers, a.runs, a.metrics))
+            res[wal].append(trial(wal, a.writers, a.runs, a.metrics, a.server_workers))
             s, w, f = res[wal][-1]
-            print(f"  {'WAL   ' if wal else 'delete'} start {s:5.1f} s  writes {w:6.1f} s  failed calls {f}")
+            print(
+                f"  {'WAL   ' if wal else 'delete'} start {s:5.1f} s  writes {w:6.1f} s  failed calls {f}", flush=True
+            )
     for wal in (True, False):
         w = [r[1] for r in res[wal]]
-        print(f"{'WAL   ' if wal else 'delete'}: writes median {statistics.median(w):.1f} s (min {min(w):.1f}, max {max(w):.1f}); "
-              f"failed calls {sum(r[2] for r in res[wal])}; server start median {statistics.median(r[0] for r in res[wal]):.1f} s")
+        start = statistics.median(r[0] for r in res[wal])
+        print(
+            f"{'WAL   ' if wal else 'delete'}: writes median {statistics.median(w):.1f} s (min {min(w):.1f}, "
+            f"max {max(w):.1f}); failed calls {sum(r[2] for r in res[wal])}; server start median {start:.1f} s"
+        )
     ratio = statistics.median(r[1] for r in res[False]) / statistics.median(r[1] for r in res[True])
     print(f"rollback-journal / WAL write time (medians): {ratio:.2f}x")
-    print(f"loadavg at end: {open('/proc/loadavg').read().split()[:3]}")
+    print(f"loadavg at end: {loadavg()}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,112 @@
+"""Every benchmark module runs end to end in its --smoke mode (tiny sizes, CPU): `python -m
+benchmarks.NAME --smoke` from the repo root, as a user runs it, scratch files under tmp_path.
+
+The modules are found by listing the package (all but benchmarks.HELPERS), so a new benchmark
+without a smoke mode, or without its figures named in FIGURES, fails here. They run two at a
+time, slowest first, in one fixture; each test then checks one module's exit code and output."""
+
+from __future__ import annotations
+
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import benchmarks
+from tests.conftest import REPO
+
+MODULES = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name not in benchmarks.HELPERS)
+
+# what each smoke run must print: its figures (the values mean nothing at smoke sizes)
+FIGURES = {
+    "compress": [
+        r"\| int8 onnxruntime static \(pipeline\) \| [\d.]+ \|",
+        r"\| structured \(pipeline\) \|",
+        r"torchao rows: left out",
+    ],
+    "cv_configs": [r'"cv_accuracy": [\d.]+', r"default +mean [\d.]+"],
+    "gpu": [r'"samples_s_steady": [\d.]+'],
+    "pipeline": [r"wall \(seed 0, n=1\): median [\d.]+ s", r"test accuracy: seed 0 \[[\d.]+\]"],
+    "stack": [r"WAL +: writes median [\d.]+ s", r"rollback-journal / WAL write time \(medians\): [\d.]+x"],
+    "tracking": [r"mlpipe stage ingest: [\d.]+ s wall, [1-9]\d* requests", r"POST /api/2.0/mlflow/runs/create"],
+    "train": [
+        r'"bench": "overhead".*"ratio_wall": \{"median": [\d.]+',
+        r'"bench": "memmap".*"peak_rss_gb": [\d.]+',
+        r'"bench": "omp-wait".*"policy": "PASSIVE"',
+        r'"bench": "checkpoint-cost".*"epoch_with_checkpoint_over_alone"',
+        r'"bench": "checkpoint-parts".*"store_ms_writer_thread"',
+    ],
+    "tune": [
+        r"trials ratio halving/none: [\d.]+x",
+        r"journal / memory: [\d.]+",
+        r"speed-up 1 -> 2 workers: [\d.]+x",
+        r"\| SVC, grid-searched .* \| [\d.]+ \| [\d.]+ \|",
+    ],
+}
+# seconds each, two at a time on the 2-core VM (2026-12-02, other jobs running): pipeline 38, train 27, stack 19,
+# tune 23, tracking 13, compress 9, gpu 5, cv_configs 4; the file 65-80 s
+SLOWEST_FIRST = ["pipeline", "train", "stack", "tune", "tracking", "compress", "gpu", "cv_configs"]
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, float]]:
+    """The smoke run of every module this session selected, two at a time -> {name: (process, seconds)}."""
+    wanted = {
+        item.callspec.params["name"]
+        for item in request.session.items
+        if item.path == request.path and hasattr(item, "callspec")
+    }
+    scratch = tmp_path_factory.mktemp("bench")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    # two runs at a time on two cores: one torch thread each (a stage may still ask for more)
+    env.update(
+        MLPIPE_BENCH_DIR=str(scratch),
+        PREFECT_HOME=str(scratch / ".prefect"),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        OMP_WAIT_POLICY="PASSIVE",
+    )
+
+    def run(name: str):
+        t0 = time.perf_counter()
+        p = subprocess.run(
+            [sys.executable, "-m", f"benchmarks.{name}", "--smoke"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=400,
+        )
+        return name, p, time.perf_counter() - t0
+
+    results_before = sorted((REPO / "benchmarks" / "results").iterdir())
+    order = sorted(wanted, key=lambda n: SLOWEST_FIRST.index(n) if n in SLOWEST_FIRST else len(SLOWEST_FIRST))
+    with ThreadPoolExecutor(2) as pool:
+        runs = {name: (p, s) for name, p, s in pool.map(run, order)}
+    assert sorted((REPO / "benchmarks" / "results").iterdir()) == results_before, (
+        "a smoke run wrote into benchmarks/results"
+    )
+    assert not list(REPO.glob("bench-*")), "a smoke run left scratch files in the repo"
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("bench-")], "scratch folders were not removed"
+    return runs
+
+
+def test_every_benchmark_names_its_figures():
+    assert set(MODULES) == set(FIGURES), "each benchmark module needs its smoke figures in FIGURES (and no stale entry)"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_smoke_run_prints_its_figures(name, smoke_runs):
+    p, seconds = smoke_runs[name]
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, (
+        f"python -m benchmarks.{name} --smoke: exit {p.returncode} after {seconds:.0f} s\n{out[-4000:]}"
+    )
+    missing = [f for f in FIGURES.get(name, []) if not re.search(f, p.stdout)]
+    assert not missing, f"benchmarks.{name} --smoke did not print {missing}:\n{p.stdout[-4000:]}"
