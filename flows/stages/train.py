@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from components import data, distributed, models, tracking, train, tune
+from components import data, distributed, models, tracking, train
 from components.config import Config
 from components.errors import MlpipeError
 from components.fileio import atomic_file
@@ -19,7 +19,7 @@ from flows.stages import train_worker
 def run(cfg: Config, paths: Paths, parent: str | None = None, progress: bool = True) -> dict:
     with tracking.stage_run("train", parent) as run_id:
         meta = data.load_meta(paths.prepared)
-        cfg = tune.apply_best(cfg, paths.best_params, meta.content_hash)  # the tune stage's output
+        cfg = train_worker.resolve(cfg, paths)  # with the tune stage's output
         spec = models.spec_for(cfg.model, meta)
         nproc = distributed.resolve_nproc(cfg.train.distributed.nproc_per_node)
         tracking.log_params(

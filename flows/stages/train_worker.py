@@ -20,7 +20,7 @@ import hashlib
 import json
 import sys
 
-from components import data, distributed, models, train
+from components import data, distributed, models, train, tune
 from components.config import Config, load_config
 from components.errors import MlpipeError
 from components.fileio import write_json
@@ -53,6 +53,12 @@ def resume_key(cfg: Config, data_hash: str, spec: dict, world: int) -> str:
         "train": t,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve(cfg: Config, paths: Paths) -> Config:
+    """The config the final model trains with: params.yaml plus the tune stage's best parameters
+    (when tuned on this data). The stage and ranks started by torchrun directly both use this."""
+    return tune.apply_best(cfg, paths.best_params, data.load_meta(paths.prepared).content_hash)
 
 
 def train_model(cfg: Config, paths: Paths, d: distributed.Dist, log=None, progress: bool = True):
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = Paths(a.root)
     d = None
     try:
-        cfg = load_config(a.params, a.set)
+        cfg = resolve(load_config(a.params, a.set), paths)  # idempotent on the launcher's resolved config
         d = distributed.init(cfg.train.distributed.timeout)
         train.set_threads(distributed.threads_per_rank(cfg.train.num_threads, d.local_world))
         if a.run_id and d.is_main:
