@@ -54,7 +54,8 @@ browser:
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "chromium could not be installed: the browser test will skip"
 
 # MLflow server (SQLite, WAL) on :5000, Prefect server on :4200, the scheduled deployment's serve
-# process; pid files and logs in .mlpipe/servers/. Then: export MLFLOW_TRACKING_URI / PREFECT_API_URL.
+# process, the model server following @champion on :5001 (mlpipe serve-model); pid files and logs in
+# .mlpipe/servers/. Then: export MLFLOW_TRACKING_URI / PREFECT_API_URL.
 serve: setup
 	$(BIN)/mlpipe serve
 

@@ -8,7 +8,9 @@ Subjects: train (training engine: overhead vs a bare loop, memmap, DDP, checkpoi
 waiting), tune (pruning, storage, parallel workers, quality), cv_configs (CV accuracy of
 candidate configs), compress (variants: size, latency, accuracy), stack (MLflow on SQLite:
 WAL vs rollback journal, server start-up), tracking (MLflow requests of one `mlpipe run`),
-pipeline (wall time and accuracy of `mlpipe run`), gpu (engine throughput by precision).
+pipeline (wall time and accuracy of `mlpipe run`), gpu (engine throughput by precision),
+serving (`mlpipe serve-model` vs `mlflow models serve`, alias moves under load, `mlpipe score` by input size),
+baseline (classical baselines vs the promoted champion on four datasets, the baseline stage's time).
 
 They use only the public APIs of components/ and flows/. Scratch files go to a temporary folder
 under $MLPIPE_BENCH_DIR (default: the system's temporary folder), never into the project;

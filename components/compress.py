@@ -29,55 +29,13 @@ from components import models
 from components.config import CompressConfig, TrainConfig
 from components.errors import MlpipeError
 from components.fileio import atomic_file
+from components.serving import ONNX_FORMAT, OnnxModule, load_model_file, onnx_meta  # noqa: F401 (re-exported)
 
-ONNX_FORMAT = "mlpipe.onnx/1"
 # fit(model, train_cfg, teacher=None) fine-tunes a model in place; with a teacher it also follows
 # the teacher's soft targets (see fine_tuner)
 FitFn = Callable[..., None]
-
-
-# ---------------------------------------------------------------- serialization
-
-
-class OnnxModule(nn.Module):
-    """An ONNX file run by ONNX Runtime behind the nn.Module call interface (logits out)."""
-
-    def __init__(self, path: str | Path, threads: int = 0):
-        import onnxruntime as ort
-
-        super().__init__()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads  # 0: ONNX Runtime's default (all cores)
-        opts.inter_op_num_threads = 1
-        self.path = str(path)
-        self.session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, *in_shape) -> (B, n_classes)
-        x = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
-
-
-def onnx_meta(path: str | Path) -> dict:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in m.metadata_props}
-
-
-def load_model_file(path: str | Path, threads: int = 0) -> tuple[nn.Module, dict, list[str]]:
-    """Any variant's file -> (model ready for inference, spec, class names). Never unpickles code.
-    A torch file comes back with BatchNorm folded and Dropout dropped (models.for_inference)."""
-    path = Path(path)
-    if path.suffix != ".onnx":
-        model, spec, classes = models.load(path)
-        return models.for_inference(model), spec, classes
-    if not path.exists():
-        raise MlpipeError(f"{path}: model file not found")
-    meta = onnx_meta(path)
-    if meta.get("format") != ONNX_FORMAT:
-        raise MlpipeError(f"{path}: not an mlpipe ONNX model (expected metadata format {ONNX_FORMAT})")
-    return OnnxModule(path, threads).eval(), json.loads(meta["spec"]), json.loads(meta["classes"])
+# the readers of both file formats (load_model_file, OnnxModule) live in serving.py, the code a registered
+# model ships, and are re-exported here
 
 
 # ---------------------------------------------------------------- fine-tuning

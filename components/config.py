@@ -113,6 +113,16 @@ class PromoteConfig(_Section):
     # which registered variant the gate considers for @champion (compress stage): the most accurate,
     # or the smallest / fastest (batch-1 latency) among those within compress.max_accuracy_drop
     objective: Literal["accuracy", "smallest_within_budget", "fastest_within_budget"] = "accuracy"
+    # the best baseline (baseline stage) must be beaten by this much accuracy, else the challenger is registered
+    # but not promoted: on the cv folds where CV ran (significantly, paired t-test), else on the test split.
+    # None: rule off (the comparison is still reported)
+    beat_baseline_by: float | None = Field(None, ge=0.0, le=1.0)
+    # true: the best baseline is registered too (an MLflow sklearn model, skops) and the gate considers it when the
+    # network does not beat it (by beat_baseline_by, else 0): the champion is the better model of either kind
+    allow_baseline: bool = False
+    # confidence of the paired t-test over the cv folds (one-sided) in the fold rules against the champion and the
+    # baseline; where both sides have fold scores on the same folds, those rules replace the test-split ones
+    fold_confidence: float = Field(0.95, ge=0.5, lt=1.0)
 
 
 class CompressConfig(_Section):
@@ -215,11 +225,53 @@ class TuneConfig(_Section):
         return v
 
 
+_BASELINES = Literal["hgb", "logreg", "svc"]
+
+
+class BaselineConfig(_Section):
+    """The baseline stage: classical scikit-learn models on the same split and metrics (components/baseline.py)."""
+
+    enabled: bool = True
+    # tabular data: hgb = HistGradientBoosting (defaults), logreg = standardized logistic regression, svc = standardized
+    # RBF SVC; the grid models search C over the cv folds
+    tabular: tuple[_BASELINES, ...] = ("hgb", "logreg", "svc")
+    image: tuple[_BASELINES, ...] = ("logreg",)  # images: on the flattened pixels
+    C: tuple[float, ...] = (0.1, 1.0, 10.0)  # logreg, svc: inverse regularization strengths searched
+    svc_max_rows: int = Field(5000, ge=0, le=10_000_000)  # svc is left out above this many training rows (fit ~ rows^2)
+    threads: int = Field(0, ge=0, le=1024)  # CPU threads (OpenMP, BLAS) while fitting; 0 = all cores
+
+    @field_validator("tabular", "image")
+    @classmethod
+    def _models(cls, v):
+        if not v or len(set(v)) != len(v):
+            raise ValueError("must be a non-empty list of distinct models (hgb, logreg, svc)")
+        return v
+
+    @field_validator("C")
+    @classmethod
+    def _c(cls, v):
+        if not v or min(v) <= 0 or len(set(v)) != len(v):
+            raise ValueError("must be a non-empty list of distinct values > 0")
+        return v
+
+
 class CVConfig(_Section):
     """The cv stage: stratified k-fold over the training split with the tuned config."""
 
     enabled: bool = True
     folds: int = Field(5, ge=2, le=100)  # every class needs at least this many training rows
+
+
+class ExplainConfig(_Section):
+    """The explain stage: attributions of the trained fp32 model on test rows (components/explain.py)."""
+
+    enabled: bool = True
+    # test rows explained, drawn class by class: the bound on the stage's time. Images: integrated gradients
+    # costs samples x steps gradient passes; tables: permutation importance samples x features x repeats rows
+    samples: int = Field(200, ge=1, le=100_000)
+    seed: int = Field(0, ge=0)  # which rows are drawn, and the permutations
+    steps: int = Field(32, ge=2, le=1024)  # integrated gradients: points on the path from the all-zero baseline
+    repeats: int = Field(5, ge=1, le=1000)  # permutation importance: shuffles of each feature column
 
 
 class TrackingConfig(_Section):
@@ -255,21 +307,60 @@ class ScheduleConfig(_Section):
         return v
 
 
+class ServeConfig(_Section):
+    """`mlpipe serve-model`: the scoring server that follows a registry alias."""
+
+    port: int = Field(5001, ge=1, le=65_535)  # TCP port on --host (127.0.0.1 unless told otherwise)
+    # seconds between looks at the alias; a version it moved to is loaded fully, then swapped in
+    poll_s: float = Field(10.0, ge=0.05, le=86_400.0)
+    max_body_mb: float = Field(64.0, gt=0.0, le=4096.0)  # largest /invocations request body, MiB (413 above)
+
+
+class ScoreConfig(_Section):
+    """`mlpipe score`: batch inference over a file or folder of any size."""
+
+    chunk_rows: int = Field(10_000, ge=1, le=10_000_000)  # rows (images) read and predicted at a time: bounds memory
+
+
+class DriftConfig(_Section):
+    """Drift of new data against the training rows logged with the model (Evidently), in `mlpipe score`."""
+
+    enabled: bool = True
+    # the data drifted when at least this share of its columns drift (each: K-S / chi2 test, p < 0.05)
+    threshold: float = Field(0.5, gt=0.0, le=1.0)
+    on_drift: Literal["warn", "fail"] = "warn"  # fail: `mlpipe score` exits 2 and writes no predictions
+    sample_rows: int = Field(5_000, ge=100, le=1_000_000)  # scored rows kept (uniform sample) for the comparison
+    embedding_dims: int = Field(16, ge=1, le=512)  # images: principal components of penultimate-layer embeddings
+
+
 class Config(_Section):
     seed: int = Field(0, ge=0)
     data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    baseline: BaselineConfig = BaselineConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()
     cv: CVConfig = CVConfig()
     compress: CompressConfig = CompressConfig()
+    explain: ExplainConfig = ExplainConfig()
     promote: PromoteConfig = PromoteConfig()
     tracking: TrackingConfig = TrackingConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    serve: ServeConfig = ServeConfig()
+    score: ScoreConfig = ScoreConfig()
+    drift: DriftConfig = DriftConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _baseline_gate(self):
+        p = self.promote
+        for key, on in (("beat_baseline_by", p.beat_baseline_by is not None), ("allow_baseline", p.allow_baseline)):
+            if on and not self.baseline.enabled:
+                raise ValueError(f"promote.{key} needs a baseline, but baseline.enabled is false")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -306,7 +397,8 @@ def _describe(err: ValidationError, origin: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        got = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {e.get('input')!r})"
+        # a check across sections (loc empty) names its keys itself; its input is the whole config
+        got = "" if e["type"] in ("extra_forbidden", "missing") or not e["loc"] else f" (got {e.get('input')!r})"
         lines.append(f"{origin}: {key}: {msg}{got}")
     return "\n".join(lines)
 

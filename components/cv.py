@@ -16,6 +16,7 @@ import numpy as np
 from components import evaluate, train
 from components.config import Config
 from components.errors import DataError
+from components.folds import fold_indices  # noqa: F401 - cv.fold_indices: the baselines use the same folds
 
 METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc_ovr", "loss")
 
@@ -38,14 +39,6 @@ def check_folds(y: np.ndarray, classes: list[str], folds: int) -> None:
             f"cv.folds: {folds} folds need at least {folds} training rows per class; "
             f"{', '.join(short)}. Lower cv.folds or add data."
         )
-
-
-def fold_indices(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(train_idx, held_out_idx)] per fold, stratified and shuffled with the seed."""
-    from sklearn.model_selection import StratifiedKFold
-
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return [(np.sort(tr), np.sort(te)) for tr, te in skf.split(np.zeros(len(y)), y)]
 
 
 def score(y: np.ndarray, logits: np.ndarray) -> dict:

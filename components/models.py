@@ -6,14 +6,17 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from components.config import ModelConfig
 from components.errors import MlpipeError
 from components.fileio import atomic_file
+
+if TYPE_CHECKING:  # a registered model ships this module without the config tree (components/serving.py)
+    from components.config import ModelConfig
 
 FORMAT = "mlpipe.model/1"
 

@@ -5,6 +5,7 @@ callback, never the mlflow module."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -40,10 +41,63 @@ def setup(cfg: TrackingConfig, root: Path) -> str:
             # a local store keeps artifacts beside the database; a server decides for itself
             location = (Path(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
             try:
-                mlflow.create_experiment(cfg.experiment, artifact_location=location)
+                mlflow.create_experiment(cfg.experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
             except mlflow.exceptions.MlflowException:
                 pass  # created by a concurrent run on a server
-    mlflow.set_experiment(cfg.experiment)
+    tag_experiment(mlflow.set_experiment(cfg.experiment))  # experiments made before these tags existed
+    return uri
+
+
+# The MLflow UI (3.x) shows an experiment either as model training (its runs) or as a GenAI app (a traces
+# overview). The kind tag below is how MLflow records "model training" on an experiment; the 3.17 UI, though,
+# decides by its own GenAI / Model training switch (default GenAI, or `workflowType` in the page URL): a bare
+# experiment link opens the GenAI traces overview. So experiment_url() links the runs tab itself, with
+# workflowType=machine_learning (the model-training layout). The runs table opens with the pipeline's key
+# metrics as columns through a shared view: the tag mlflow.sharedViewState.<key> (as the UI's Share button
+# writes it) named by the URL's viewStateShareKey. A plain experiment page keeps MLflow's default columns.
+RUNS_VIEW = "mlpipe-runs"
+RUNS_COLUMNS = [
+    *(f"metrics.`{m}`" for m in ("test_accuracy", "test_f1_macro", "test_roc_auc_ovr", "cv_accuracy_mean")),
+    *(f"metrics.`{m}`" for m in ("cv_accuracy_std", "tune_best_val_accuracy")),
+    *(f"tags.`mlpipe.{t}`" for t in ("registered_version", "promoted", "data_hash")),
+]
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps({"selectedColumns": RUNS_COLUMNS}),
+}
+
+
+def tag_experiment(exp) -> None:
+    """Give an experiment the tags above where it lacks them (one request per missing tag)."""
+    client = MlflowClient()
+    for k, v in EXPERIMENT_TAGS.items():
+        if exp.tags.get(k) != v:
+            client.set_experiment_tag(exp.experiment_id, k, v)
+
+
+def experiment_url(uri: str, experiment_id: str) -> str | None:
+    """The experiment's runs table in the MLflow UI, as model training, key metrics as columns: on the
+    server, or on `mlflow ui` (ui_command, port 5000) for a local SQLite store; else None."""
+    if uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")
+    elif uri.startswith("sqlite:"):
+        base = "http://127.0.0.1:5000"
+    else:
+        return None
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW}&workflowType=machine_learning"
+
+
+def connect(cfg: TrackingConfig, root: Path) -> str:
+    """Point MLflow at an existing store, for commands that only read it (`mlpipe lineage`): nothing is
+    created; a local SQLite store that is not there is an error."""
+    uri = resolve_uri(cfg, root)
+    db = sqlite_file(uri)
+    if db is not None and not db.exists():
+        raise MlpipeError(
+            f"{db}: no MLflow store here; run the pipeline first, or point tracking.uri / MLFLOW_TRACKING_URI at one"
+        )
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return uri
 
 
@@ -302,16 +356,27 @@ class RunBuffer:
         self.metrics, self.params, self.tags = [], {}, {}
 
 
-def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+    """To the active run, or to run_id."""
     path = Path(path)
-    if path.is_dir():
+    if run_id is not None:
+        client = MlflowClient()
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=artifact_path or path.name)
+        else:
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    elif path.is_dir():
         mlflow.log_artifacts(str(path), artifact_path=artifact_path or path.name)
     else:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def log_dict(obj: dict, name: str) -> None:
-    mlflow.log_dict(obj, name)
+def log_dict(obj: dict, name: str, run_id: str | None = None) -> None:
+    """To the active run, or to run_id."""
+    if run_id is not None:
+        MlflowClient().log_dict(run_id, obj, name)
+    else:
+        mlflow.log_dict(obj, name)
 
 
 def set_tags(tags: dict, run_id: str | None = None) -> None:
@@ -332,3 +397,75 @@ def log_dataset(X: np.ndarray, y: np.ndarray, name: str, source: str, digest: st
 
 def get_run(run_id: str):
     return MlflowClient().get_run(run_id)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """A text artefact of the active run (artifact_file: its path in the run's artefacts)."""
+    mlflow.log_text(text, artifact_file)
+
+
+# ---------------------------------------------------------------- reading runs back (mlpipe lineage)
+
+
+def _record(run) -> dict:
+    i = run.info
+    return {
+        "run_id": i.run_id,
+        "name": i.run_name,
+        "experiment_id": i.experiment_id,
+        "status": i.status,
+        "start_ms": i.start_time,
+        "end_ms": i.end_time,
+        "artifact_uri": i.artifact_uri,
+        "tags": dict(run.data.tags),
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+        "datasets": [
+            {
+                "name": d.dataset.name,
+                "digest": d.dataset.digest,
+                "source": d.dataset.source,
+                "context": next((t.value for t in d.tags if t.key == "mlflow.data.context"), None),
+            }
+            for d in (run.inputs.dataset_inputs if run.inputs else [])
+        ],
+    }
+
+
+def run_record(run_id: str) -> dict | None:
+    """A run as plain values: info, tags, params, latest metrics, dataset inputs; None when there is none."""
+    try:
+        return _record(MlflowClient().get_run(run_id))
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def child_runs(run_id: str, experiment_id: str) -> list[dict]:
+    """The runs whose parent is run_id, oldest first."""
+    found = MlflowClient().search_runs(
+        [experiment_id],
+        f"tags.`mlflow.parentRunId` = '{run_id}'",
+        max_results=1000,
+        order_by=["attributes.start_time ASC"],
+    )
+    return [_record(r) for r in found]
+
+
+def find_runs(experiment_id: str, tags: dict, max_results: int = 1) -> list[dict]:
+    """FINISHED runs carrying all these tags, newest first."""
+    where = " and ".join(["attributes.status = 'FINISHED'"] + [f"tags.`{k}` = '{v}'" for k, v in tags.items()])
+    found = MlflowClient().search_runs(
+        [experiment_id], where, max_results=max_results, order_by=["attributes.start_time DESC"]
+    )
+    return [_record(r) for r in found]
+
+
+def list_artifacts(run_id: str, path: str | None = None, depth: int = 3) -> list[str]:
+    """The artefact files of a run under path, folders followed depth levels deep."""
+    out = []
+    for f in MlflowClient().list_artifacts(run_id, path):
+        if not f.is_dir:
+            out.append(f.path)
+        elif depth > 1:
+            out += list_artifacts(run_id, f.path, depth - 1)
+    return out

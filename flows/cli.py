@@ -82,6 +82,8 @@ def run(
     except MlpipeError as e:
         _fail(e)
     table = Table(title="mlpipe run", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # long links wrap whole instead of being cut to an ellipsis
     for k, v in result["summary"]:
         table.add_row(k, str(v))
     out.print(table)
@@ -90,7 +92,8 @@ def run(
 @app.command()
 def stage(
     name: str = typer.Argument(
-        ..., help="ingest | validate | augment | tune | cv | train | evaluate | compress | register"
+        ...,
+        help="ingest | validate | baseline | augment | tune | cv | train | evaluate | explain | compress | register",
     ),
     params: Path = PARAMS,
     sets: Optional[list[str]] = SETS,
@@ -205,17 +208,29 @@ def serve(
     mlflow_port: int = typer.Option(5000, help="MLflow server port on 127.0.0.1."),
     prefect_port: int = typer.Option(4200, help="Prefect server port on 127.0.0.1."),
     no_deploy: bool = typer.Option(False, "--no-deploy", help="Servers only, without the scheduled deployment."),
+    model_port: Optional[int] = typer.Option(
+        None, "--model-port", help="Port of the model server (`mlpipe serve-model`) on 127.0.0.1 (default: serve.port)."
+    ),
+    no_model: bool = typer.Option(False, "--no-model", help="Without the model server."),
 ):
-    """Start mlflow server (SQLite, WAL), the Prefect server and the deployment's serve process in the
-    background on 127.0.0.1 (pid files and logs in .mlpipe/servers/); `mlpipe stop` stops them."""
+    """Start mlflow server (SQLite, WAL), the Prefect server, the deployment's serve process and the model
+    server that follows @champion (`mlpipe serve-model`) in the background on 127.0.0.1 (pid files and
+    logs in .mlpipe/servers/); `mlpipe stop` stops them."""
     _env()
-    _config(params, None)
+    cfg = _config(params, None)
     from components.errors import MlpipeError
     from flows import servers
     from flows.paths import Paths
 
     try:
-        started = servers.serve_all(Paths(Path.cwd()), params, mlflow_port, prefect_port, deploy=not no_deploy)
+        started = servers.serve_all(
+            Paths(Path.cwd()),
+            params,
+            mlflow_port,
+            prefect_port,
+            deploy=not no_deploy,
+            model_port=None if no_model else (model_port or cfg.serve.port),
+        )
     except MlpipeError as e:
         _fail(e)
     for s in started:
@@ -223,6 +238,130 @@ def serve(
     out.print(
         f"export MLFLOW_TRACKING_URI={started[0].url} PREFECT_API_URL={started[1].url}", highlight=False, soft_wrap=True
     )
+
+
+def _champion_uri(cfg) -> str:
+    """models:/NAME@champion for the config's dataset (promote.model_name, else mlpipe-<dataset>)."""
+    from components.data import dataset_name
+
+    return f"models:/{cfg.promote.model_name or 'mlpipe-' + dataset_name(cfg.data.source)}@champion"
+
+
+@app.command("serve-model")
+def serve_model(
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model URI to serve; an alias is followed. Default: models:/mlpipe-<dataset>@champion.",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port to listen on (default: serve.port)."),
+    params: Path = PARAMS,
+    sets: Optional[list[str]] = SETS,
+    wait: bool = typer.Option(
+        False, "--wait", help="Start even if the alias does not exist yet (/ping answers 503 until it does)."
+    ),
+):
+    """Serve a registered model over HTTP with MLflow's /invocations, /ping and /version (which names the
+    version and variant serving); the alias is looked up every serve.poll_s seconds and a version it
+    moves to is loaded, then swapped in without failing a request."""
+    _env()
+    from components.config import load_config
+
+    cfg = _config(params, sets) if params.exists() else load_config(None, sets or [])
+    import logging
+
+    from components import tracking
+    from components.errors import MlpipeError
+    from flows.serve_model import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uri = model or _champion_uri(cfg)
+    try:
+        tracking.setup(cfg.tracking, Path.cwd())
+        serve(uri, host, cfg.serve.port if port is None else port, cfg.serve.poll_s, cfg.serve.max_body_mb, wait)
+    except MlpipeError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def score(
+    input: Path = typer.Argument(
+        ..., help="A CSV or parquet of feature columns, an .npz (array X) or .npy, or a folder of images."
+    ),
+    out_file: Path = typer.Option(..., "--out", "-o", help="The predictions, a parquet file (written atomically)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model URI (default: models:/mlpipe-<dataset>@champion)."
+    ),
+    params: Path = PARAMS,
+    sets: Optional[list[str]] = SETS,
+    skip_invalid: bool = typer.Option(
+        False,
+        "--skip-invalid",
+        help="Leave out rows with NaN or infinite values (listed on stderr) instead of stopping.",
+    ),
+):
+    """Predict every row of a file or folder of any size in chunks (score.chunk_rows), into parquet: row,
+    label, class, confidence, model name and version. Checks drift against the model's training sample
+    (drift.*) and tracks it all as an MLflow run `score`. Usable as a DVC stage (README)."""
+    _env()
+    from components.config import load_config
+
+    cfg = _config(params, sets) if params.exists() else load_config(None, sets or [])
+    from components import tracking
+    from components.errors import MlpipeError
+    from flows.score import score as run_score
+
+    try:
+        tracking.setup(cfg.tracking, Path.cwd())
+        result = run_score(
+            cfg, model or _champion_uri(cfg), input, out_file, skip_invalid, say=lambda m: err.print(m, highlight=False)
+        )
+    except MlpipeError as e:
+        _fail(e)
+    if result["skipped"]:
+        err.print(f"skipped {result['skipped']} invalid row(s)", highlight=False)
+    out.print(
+        f"scored {result['rows']} rows with {result['model']} -> {result['out']} "
+        f"({result['rows_per_s']:.0f} rows/s; MLflow run {result['run_id']})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def lineage(
+    model: str = typer.Argument(
+        ..., help="models:/NAME@ALIAS (e.g. models:/mlpipe-digits@champion) or models:/NAME/VERSION."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="The same chain as JSON, for machines."),
+    params: Path = PARAMS,
+):
+    """Why a registered version is what it is: source, data hash (and DVC's record), validation, tuning,
+    CV, training, evaluation, attributions, compression and the promotion decision, with run ids and, when
+    tracking goes to a server, MLflow links. Reads the store only."""
+    _env()
+    cfg = _config(params, None) if params.exists() else None
+    import json
+
+    from components import tracking
+    from components.config import TrackingConfig
+    from components.errors import MlpipeError
+    from flows import lineage as lin
+    from flows.paths import Paths
+
+    try:
+        uri = tracking.connect(cfg.tracking if cfg else TrackingConfig(), Path.cwd())
+        chain = lin.gather(model, Paths(Path.cwd()), uri)
+    except MlpipeError as e:
+        _fail(e)
+    if as_json:
+        sys.stdout.write(json.dumps(chain, indent=2, default=str) + "\n")
+    else:
+        out.print(lin.render(chain), highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()

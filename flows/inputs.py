@@ -41,13 +41,18 @@ def read_inputs(
         raise DataError(f"{path}: unsupported input; expected .npz, .csv, .parquet or a folder of images")
     if len(X) == 0:
         raise DataError(f"{path}: no rows to predict (0 rows)")
-    n = int(np.prod(shape))
-    width = X.reshape(len(X), -1).shape[1]
-    if width != n:
-        raise DataError(f"{path}: rows have {width} values, model expects {n} (shape {list(shape)})")
-    X = X.reshape((len(X), *shape))
+    X = to_shape(path, X, shape)
     names = [str(i) for i in range(len(X))]
     return drop_rows(names, X, ~np.isfinite(X.reshape(len(X), -1)).all(1), "with NaN or infinite values", path, skipped)
+
+
+def to_shape(path: Path, X: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Rows of any layout -> (N, *shape); a row with another number of values is an error naming the file."""
+    n = int(np.prod(shape))
+    width = int(np.prod(X.shape[1:]))  # values per row
+    if width != n:
+        raise DataError(f"{path}: rows have {width} values, model expects {n} (shape {list(shape)})")
+    return X.reshape((len(X), *shape))
 
 
 def drop_rows(names: list[str], X, bad: np.ndarray, why: str, path: Path, skipped: list[str] | None):
@@ -106,6 +111,13 @@ def _read_table(path: Path, label_column: str) -> np.ndarray:
         raise DataError(f"{path}: cannot read as {path.suffix[1:]} ({type(e).__name__}: {e})") from None
     if df.empty:
         raise DataError(f"{path}: no rows to predict (header only: {len(df.columns)} column(s), 0 rows)")
+    return table_features(df, path, label_column)
+
+
+def table_features(df, path: Path, label_column: str) -> np.ndarray:
+    """A frame's feature columns (all but the label column) as float32; non-numeric ones are an error."""
+    import pandas as pd
+
     features = df.drop(columns=[label_column], errors="ignore")
     bad = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if bad:

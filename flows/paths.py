@@ -3,8 +3,8 @@
 Code receives a Paths; nothing builds a project path from a root string. The layout:
 
     data/prepared/  data/augmented/          ingest, augment (DVC outputs)
-    reports/{validation,tune,cv,eval,compress}/  reports/promotion.json
-    models/model.pt  models/history.json  models/checkpoints/  models/compressed/
+    reports/{validation,baseline,tune,cv,eval,compress}/  reports/promotion.json
+    models/model.pt  models/history.json  models/checkpoints/  models/compressed/  models/baseline/
     .mlpipe/                                 local state: locks, Optuna journal, job files, Prefect
                                              results, server pid files and logs (never versioned)
 """
@@ -55,6 +55,22 @@ class Paths:
     @property
     def validation_docs(self) -> Path:  # GX data docs (HTML)
         return self.validation / "docs"
+
+    @property
+    def baseline_dir(self) -> Path:
+        return self.reports / "baseline"
+
+    @property
+    def baseline_metrics(self) -> Path:  # the best baseline and every model's scores (DVC metrics)
+        return self.baseline_dir / "metrics.json"
+
+    @property
+    def baseline_folds(self) -> Path:  # fold scores of every model, their fold key; read back by register
+        return self.baseline_dir / "folds.json"
+
+    @property
+    def baseline_table(self) -> Path:
+        return self.baseline_dir / "table.md"
 
     @property
     def tune_dir(self) -> Path:
@@ -121,8 +137,36 @@ class Paths:
         return self.compress_dir / "pareto.png"
 
     @property
+    def explain_dir(self) -> Path:  # explain: attributions of models/model.pt on test rows
+        return self.reports / "explain"
+
+    @property
+    def explain_summary(self) -> Path:  # what was explained, how, the top features; read by register (model cards)
+        return self.explain_dir / "attributions.json"
+
+    @property
+    def explain_arrays(self) -> Path:  # the class maps or importances behind the plots
+        return self.explain_dir / "attributions.npz"
+
+    @property
+    def explain_class_maps(self) -> Path:  # images: mean integrated gradients per class
+        return self.explain_dir / "class_maps.png"
+
+    @property
+    def explain_examples(self) -> Path:  # images: a few rows and their attributions
+        return self.explain_dir / "examples.png"
+
+    @property
+    def explain_importance(self) -> Path:  # tables: permutation importance of the top features
+        return self.explain_dir / "importance.png"
+
+    @property
     def promotion(self) -> Path:
         return self.reports / "promotion.json"
+
+    @property
+    def dvc_lock(self) -> Path:  # `dvc repro`'s record of every stage's outputs (read by `mlpipe lineage`)
+        return self.root / "dvc.lock"
 
     # ---- models
     @property
@@ -144,6 +188,14 @@ class Paths:
     @property
     def compressed(self) -> Path:  # one file per variant
         return self.model_dir / "compressed"
+
+    @property
+    def baseline_models(self) -> Path:  # the best baseline's model file; empty with baseline.enabled false
+        return self.model_dir / "baseline"
+
+    @property
+    def baseline_model(self) -> Path:  # skops, never pickle (components/baseline.py)
+        return self.baseline_models / "model.skops"
 
     # ---- local state (.mlpipe/)
     @property

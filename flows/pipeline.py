@@ -144,15 +144,36 @@ def _tune_rows(out: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _baseline_rows(out: dict) -> list[tuple[str, str]]:
+    """The best baseline next to the network, and what the gate made of them (none with baseline.enabled false)."""
+    b, reg = out.get("baseline") or {}, out["register"]
+    if not b.get("enabled"):
+        return []
+    others = ", ".join(f"{n} {m['test_accuracy']:.4f}" for n, m in b["models"].items() if n != b["best"])
+    rows = [
+        (
+            "baseline",
+            f"{b['best']}: test {b['test_accuracy']:.4f}, cv {b['cv_accuracy_mean']:.4f} +- {b['cv_accuracy_std']:.4f} "
+            f"({b['folds']} folds){f'; others: {others}' if others else ''}; {b['seconds']:.1f} s",
+        )
+    ]
+    comp = (reg.get("network_vs_baseline") or (reg.get("comparisons") or {}).get("baseline") or {}).get("text")
+    if comp:
+        rows.append(("network vs baseline", comp))
+    return rows
+
+
 def summarize(out: dict) -> list[tuple[str, str]]:
     reg, ev = out["register"], out["evaluate"]
     return [
         ("data hash", out["ingest"]["data_hash"]),
+        *([("drift", out["drift"])] if out.get("drift") else []),
         ("validation", f"passed ({out['validate']['expectations']} expectations)"),
         *_tune_rows(out),
         ("test accuracy", f"{ev['test_accuracy']:.4f}"),
         ("test macro F1", f"{ev['test_f1_macro']:.4f}"),
         ("test ROC AUC (ovr)", f"{ev['test_roc_auc_ovr']:.4f}"),
+        *_baseline_rows(out),
         ("registered", f"{reg['model_name']} v{reg['version']}"),
         (
             "variants",
@@ -161,9 +182,18 @@ def summarize(out: dict) -> list[tuple[str, str]]:
         ),
         ("gate considered", f"{reg.get('variant', 'fp32')} ({reg.get('selection', '')})"),
         ("promoted", ("yes: " if reg["promoted"] else "no: ") + "; ".join(reg["reasons"])),
+        *([("gate rule", reg["rule"])] if reg.get("rule") else []),
         ("MLflow run", out["run_id"]),
         ("MLflow UI", tracking.ui_command(out["tracking_uri"])),
+        *_runs_rows(out),
     ] + ([("MLflow run link", link)] if (link := tracking.run_url(out["tracking_uri"], out["run_id"])) else [])
+
+
+def _runs_rows(out: dict) -> list[tuple[str, str]]:
+    """The experiment's runs table in the MLflow UI, as model training with the key metrics as columns."""
+    exp = tracking.get_run(out["run_id"]).info.experiment_id
+    url = tracking.experiment_url(out["tracking_uri"], exp)
+    return [("MLflow runs", url)] if url else []
 
 
 @flow(name="mlpipe", log_prints=True)
@@ -174,7 +204,8 @@ def pipeline(
     refresh: bool = False,
     wait: bool = True,
 ) -> dict:
-    """ingest -> validate (GX gate) -> augment -> tune -> cv -> train -> evaluate -> compress -> register/promote.
+    """ingest -> validate (GX gate) -> baseline -> augment -> tune -> cv -> train -> evaluate -> explain ->
+    compress -> register/promote.
     One run per project folder at a time: a second one waits (wait False: fails, naming the holder)."""
     cfg = load_config(params, overrides or [])
     paths = Paths(root)
@@ -202,12 +233,17 @@ def run_stages(cfg: Config, paths: Paths, refresh: bool) -> dict:
         tracking.set_tags(
             {"mlpipe.data_hash": data["data_hash"], "mlflow.note.content": f"data {data['data_hash']}"}, run_id=parent
         )
+        from flows.monitor import champion_drift  # Evidently and the registry only when a run gets here
+
+        out["drift"] = champion_drift(cfg, paths, parent)  # the new data vs the current champion's; records only
         stage("validate", data)
+        stage("baseline", data)
         aug = stage("augment", data)
         tuned = stage("tune", {"data": data, "augment": aug})
         stage("cv", tuned)
         trained = stage("train", {"data": data, "augment": aug, "tune": tuned})
         tracking.log_metrics(stage("evaluate", trained), run_id=parent)
+        stage("explain", trained)
         stage("compress", trained)
         stage("register", out["evaluate"])
     except BaseException as e:

@@ -264,17 +264,25 @@ def stop_all(paths: Paths) -> list[str]:
 
 
 def serve_all(
-    paths: Paths, params: Path, mlflow_port: int = 5000, prefect_port: int = 4200, deploy: bool = True
+    paths: Paths,
+    params: Path,
+    mlflow_port: int = 5000,
+    prefect_port: int = 4200,
+    deploy: bool = True,
+    model_port: int | None = None,
 ) -> list[Server]:
-    """MLflow + Prefect servers and the deployment's serve process, in the background."""
+    """MLflow + Prefect servers, the deployment's serve process and, with a model_port, the model
+    server (`mlpipe serve-model --wait`: it follows @champion on that MLflow server once there is one),
+    in the background."""
     if running(paths):
         raise ServerError(f"servers already running ({', '.join(running(paths))}); run `mlpipe stop` first")
     state = paths.servers
     state.mkdir(parents=True, exist_ok=True)
     started: list[Server] = []
     try:
-        for port in (mlflow_port, prefect_port):
-            _port_free(port)
+        for port in (mlflow_port, prefect_port, model_port):
+            if port is not None:
+                _port_free(port)
         started += [launch_mlflow(state, mlflow_port), launch_prefect(state, prefect_port)]
         for s in started:
             write_pid(paths, s)
@@ -293,6 +301,13 @@ def serve_all(
             from components.config import load_config
 
             wait_healthy(started[-1], f"/deployments/name/mlpipe/{load_config(params).schedule.name}")
+        if model_port is not None:
+            cmd = [tool("mlpipe"), "serve-model", "--wait", "--params", str(params), "--port", str(model_port)]
+            env = {"MLFLOW_TRACKING_URI": started[0].url}
+            pid = launch("model", cmd, paths.server_log("model"), env, cwd=paths.root)
+            started.append(Server("model", f"http://{HOST}:{model_port}", pid, paths.server_log("model")))
+            write_pid(paths, started[-1])
+            wait_healthy(started[-1], "/version")  # /ping says 503 until the alias exists
     except BaseException:
         stop_all(paths)
         raise
@@ -303,5 +318,5 @@ def _port_free(port: int) -> None:
     with socket.socket() as s:
         if s.connect_ex((HOST, port)) == 0:
             raise ServerError(
-                f"port {port} on {HOST} is already in use; pick another with --mlflow-port/--prefect-port"
+                f"port {port} on {HOST} is already in use; pick another with --mlflow-port/--prefect-port/--model-port"
             )

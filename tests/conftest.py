@@ -33,6 +33,7 @@ SLOWEST_FIRST = [
     "test_ddp.py",
     "test_tune_e2e.py",
     "test_imagefolder.py",
+    "test_lineage.py",
 ]
 
 

@@ -53,11 +53,18 @@ STAGES = (
         retries=2,
     ),
     Stage("validate", ("validate",), ("validation",)),
+    # scored on the cv stage's folds (seed, cv.folds) so the gate can compare fold by fold
+    Stage(
+        "baseline",
+        ("seed", "baseline", "cv.folds"),
+        ("baseline_metrics", "baseline_folds", "baseline_table", "baseline_models"),
+    ),
     Stage("augment", ("augment",), ("augmented",)),
     Stage("tune", (*TRAINING, "tune", "cv"), ("tune_dir",)),
     Stage("cv", (*TRAINING, "cv"), ("cv_folds", "cv_metrics")),
     Stage("train", TRAINING, ("model_file", "history")),
     Stage("evaluate", (), ("eval_metrics", "confusion_json", "confusion_png", "learning_curves")),
+    Stage("explain", ("explain",), ("explain_dir",)),  # attributions of model.pt, for the model cards
     Stage(
         "compress",
         ("seed", "data.val_size", "augment", "train", "compress"),

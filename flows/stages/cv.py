@@ -57,6 +57,7 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
             {
                 "data_hash": m.content_hash,
                 "tuned": paths.best_params.exists(),
+                "seed": cfg.seed,  # with data_hash and the fold count, names the folds (components/folds.py)
                 "folds": [
                     {"fold": f.index, "best_epoch": f.best_epoch, "epochs_run": f.epochs_run, **f.metrics}
                     for f in folds

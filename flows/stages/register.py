@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from components import data, measure, registry, tracking
+from components import data, gate, measure, registry, tracking
 from components.config import Config
 from components.fileio import file_lock, write_json
+from flows import gate_inputs
 from flows.locks import promotion_slot
 from flows.paths import Paths
 from flows.provenance import git_commit
@@ -40,29 +41,63 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
             interrupted = registry.decide_interrupted(name)  # versions a killed register stage left undecided
             # same file on the same data (a cached re-run): the existing version, no duplicate
             versions = {
-                r["variant"]: register_variant(name, r, ds.X_test[:5], base_tags) for r in rows if r["accepted"]
+                r["variant"]: register_variant(name, r, ds.X_test[:5], base_tags, ds.X_train)
+                for r in rows
+                if r["accepted"]
             }
             chosen, selection = measure.choose(rows, cfg.promote.objective)
             version, uri = versions[chosen["variant"]]
             acc = _accuracy(uri, ds)
-            current = registry.champion_version(name)
-            champ_v = None if current is None else str(current.version)
             champ_acc, notes = None, []
             if abs(acc - chosen["accuracy"]) > 1e-9:
                 notes.append(
                     f"{chosen['variant']} measured {acc:.4f} as registered; its report said {chosen['accuracy']:.4f}"
                 )
+            # the gate's inputs (flows/gate_inputs.py): fold scores, the best baseline; the network's fold
+            # scores stay on its versions for the gates of later runs
+            p = cfg.promote
+            net_folds = gate_inputs.network_folds(paths, ds.meta)
+            for v, _ in versions.values():
+                registry.tag_version(name, v, gate_inputs.fold_tags(*net_folds))
+            challenger = gate.Scores(f"v{version} ({chosen['variant']})", acc, *net_folds)
+            base, base_note = gate_inputs.load_baseline(paths, ds)
+            notes += [base_note] if base_note else []
+            passed_over = None  # (network version, comparison) when the baseline goes to the gate instead
+            if base is not None and p.allow_baseline:
+                pick = gate.choose(challenger, base.scores, p.beat_baseline_by, p.fold_confidence)
+                if pick.verdict != "win":
+                    passed_over = (version, pick)
+                    version, uri = gate_inputs.register_baseline(name, base, ds.X_test[:5], base_tags)
+                    acc = _accuracy(uri, ds)  # as registered, loaded through its pyfunc
+                    challenger = gate.Scores(
+                        f"v{version} (baseline {base.name})", acc, base.scores.folds, base.scores.fold_key
+                    )
+                    selection = f"allow_baseline: network v{passed_over[0]} does not beat baseline {base.name}"
+                    notes.append(f"network v{passed_over[0]} does not beat this baseline: {pick.text}")
+            current = registry.champion_version(name)
+            champ_v = None if current is None else str(current.version)
+            champion = None
             if champ_v == version:
                 champ_acc = acc
+                champion = gate.Scores(f"champion v{champ_v}", acc, challenger.folds, challenger.fold_key)
                 notes.append(f"v{version} is already the champion")
             elif champ_v is not None:
                 try:
                     champ_acc = _accuracy(f"models:/{name}/{champ_v}", ds)
+                    champion = gate_inputs.champion_scores(current, champ_acc)
                 except Exception as e:  # noqa: BLE001 - an incompatible champion is reported, not fatal
                     notes.append(
                         f"champion v{champ_v} cannot score the current test set ({type(e).__name__}); treated as absent"
                     )
-            decision = registry.decide(acc, champ_acc, cfg.promote.accuracy_floor, cfg.promote.tolerance)
+            decision = gate.decide(
+                challenger,
+                champion,
+                p.accuracy_floor,
+                p.tolerance,
+                baseline=None if base is None or passed_over else base.scores,
+                beat_baseline_by=p.beat_baseline_by,
+                confidence=p.fold_confidence,
+            )
             decision.reasons += notes
             if decision.promote and champ_v != version:
                 registry.set_champion(name, version)
@@ -83,17 +118,32 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
                     "mlpipe.objective": cfg.promote.objective,
                     "mlpipe.selection": selection,
                     "mlpipe.variant_table": table,
+                    "mlpipe.rule": decision.rule,
+                    "mlpipe.comparisons": json.dumps({k: c.to_dict() for k, c in decision.comparisons.items()}),
+                    **gate_inputs.fold_tags(challenger.folds, challenger.fold_key),
+                    **gate_inputs.baseline_tags(base),
                 },
             )
+            if passed_over is not None:  # registered, not promoted: the baseline beat it (allow_baseline)
+                registry.tag_version(
+                    name,
+                    passed_over[0],
+                    {
+                        "mlpipe.decision": "rejected",
+                        "mlpipe.rule": f"baseline-{passed_over[1].rule}",
+                        "mlpipe.reasons": f"does not beat the best baseline (promote.allow_baseline: the baseline "
+                        f"v{version} went to the gate instead): {passed_over[1].text}",
+                    },
+                )
             for v, _ in versions.values():
-                if v != version:
+                if v != version and (passed_over is None or v != passed_over[0]):
                     registry.tag_version(
                         name,
                         v,
                         {
                             "mlpipe.decision": "not chosen",
                             "mlpipe.reasons": f"promote.objective {cfg.promote.objective} chose "
-                            f"{chosen['variant']} v{version}",
+                            f"{chosen['variant']} v{versions[chosen['variant']][0]}",
                         },
                     )
             record = registry.promotion_record(name, version)  # what the registry now says
@@ -119,11 +169,15 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
             "test_accuracy": acc,
             "data_hash": ds.meta.content_hash,
             "interrupted_versions": interrupted,
+            **gate_inputs.outcome(decision, base, passed_over, challenger),
             **record,
         }
         tracking.set_tags({"mlpipe.registered_version": version, "mlpipe.promoted": record["promoted"]})
         write_json(paths.promotion, out)  # atomic, after the registry change
         tracking.log_artifact(paths.promotion, "register")
+        from flows.stages.cards import write_cards  # each version's model card, after the decision
+
+        write_cards(paths, ds, name, versions, rows, run_id, also=version)
         return out
 
 
@@ -167,13 +221,13 @@ def version_tags(row: dict) -> dict:
     return tags
 
 
-def register_variant(name: str, row: dict, example, base_tags: dict) -> tuple[str, str]:
+def register_variant(name: str, row: dict, example, base_tags: dict, reference=None) -> tuple[str, str]:
     """Register one accepted variant (or find the version already holding this exact file on
     this data) -> (version, model URI)."""
     h = file_hash(Path(row["file"]))
     existing = registry.find_version(name, {"mlpipe.model_hash": h, "mlpipe.data_hash": base_tags["mlpipe.data_hash"]})
     if existing is not None:
         return str(existing.version), f"models:/{name}/{existing.version}"
-    uri = registry.log_model(Path(row["file"]), example)
+    uri = registry.log_model(Path(row["file"]), example, reference)  # reference: training rows for drift checks
     version = registry.register(uri, name, {**base_tags, "mlpipe.model_hash": h, **version_tags(row)})
     return version, uri

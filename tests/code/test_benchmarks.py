@@ -24,6 +24,10 @@ MODULES = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.
 
 # what each smoke run must print: its figures (the values mean nothing at smoke sizes)
 FIGURES = {
+    "baseline": [
+        r"\| table50k \| [\d.]+ \(logreg\) \| [\d.]+ \| [\d.]+ \| (network|baseline) x1 \| [+-][\d.]+ \| [\d.]+ ",
+        r"baseline stage: [\d.]+ s mean over 1 runs",
+    ],
     "compress": [
         r"\| int8 onnxruntime static \(pipeline\) \| [\d.]+ \|",
         r"\| structured \(pipeline\) \|",
@@ -33,6 +37,11 @@ FIGURES = {
     "gpu": [r'"samples_s_steady": [\d.]+'],
     "pipeline": [r"wall \(seed 0, n=1\): median [\d.]+ s", r"test accuracy: seed 0 \[[\d.]+\]"],
     "stack": [r"WAL +: writes median [\d.]+ s", r"rollback-journal / WAL write time \(medians\): [\d.]+x"],
+    "serving": [
+        r'"bench": "latency", "server": "mlpipe serve-model".*"failed": 0, "req_s": [\d.]+, "p50_ms": [\d.]+',
+        r'"bench": "swap", "alias_moves": 2, "requests": 60, "failed": 0,.*"wrong_version": 0',
+        r'"bench": "score", "input": "csv", "rows": 3000,.*"peak_rss_mb": [\d.]+',
+    ],
     "tracking": [r"mlpipe stage ingest: [\d.]+ s wall, [1-9]\d* requests", r"POST /api/2.0/mlflow/runs/create"],
     "train": [
         r'"bench": "overhead".*"ratio_wall": \{"median": [\d.]+',
@@ -49,8 +58,20 @@ FIGURES = {
     ],
 }
 # seconds each, two at a time on the 2-core VM (2026-12-02, other jobs running): pipeline 38, train 27, stack 19,
-# tune 23, tracking 13, compress 9, gpu 5, cv_configs 4; the file 65-80 s
-SLOWEST_FIRST = ["pipeline", "train", "stack", "tune", "tracking", "compress", "gpu", "cv_configs"]
+# tune 23, tracking 13, compress 9, gpu 5, cv_configs 4; the file 65-80 s. serving: 26 s alone (2026-12-02)
+# baseline: 20 s alone (27 s with loadavg 4-5): every stage on a 400-row table
+SLOWEST_FIRST = [
+    "pipeline",
+    "baseline",
+    "train",
+    "serving",
+    "stack",
+    "tune",
+    "tracking",
+    "compress",
+    "gpu",
+    "cv_configs",
+]
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,11 @@ def test_compress_register_and_objective(project):
         pred = registry.load(f"models:/{name}/{version}").predict(ds_X)
         assert (pred["label"].to_numpy() == ds_y).mean() == pytest.approx(rows[variant]["accuracy"]), variant
 
+    # every variant's package is models-from-code: no pickle anywhere in the store (issue 21)
+    assert not [p for p in (project / "mlartifacts").rglob("*.pkl")]
+    mlmodels = list((project / "mlartifacts").rglob("MLmodel"))
+    assert len(mlmodels) == len(accepted) and all("mlflow.pyfunc.loaders.code_model" in m.read_text() for m in mlmodels)
+
     # the CLI entry point serves the int8 (ONNX) variant
     np.savez(project / "rows.npz", X=ds_X[:10])
     res = cli("predict", "rows.npz", "--model", f"models:/{name}/{reg['variants']['int8']}", cwd=project)

@@ -68,7 +68,7 @@ def stack(tmp_path_factory):
     (min_rows_per_class far above what digits has): the scheduled-failure case."""
     home = tmp_path_factory.mktemp("serve")
     write_params(home, validate={"min_rows_per_class": 100000}, train={"epochs": 2})
-    mport, pport = servers.free_port(), servers.free_port()
+    mport, pport, sport = servers.free_port(), servers.free_port(), servers.free_port()
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -78,7 +78,16 @@ def stack(tmp_path_factory):
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_API_URL", None)
     started = subprocess.run(
-        [str(BIN / "mlpipe"), "serve", "--mlflow-port", str(mport), "--prefect-port", str(pport)],
+        [
+            str(BIN / "mlpipe"),
+            "serve",
+            "--mlflow-port",
+            str(mport),
+            "--prefect-port",
+            str(pport),
+            "--model-port",
+            str(sport),
+        ],
         cwd=home,
         env=env,
         capture_output=True,
@@ -89,6 +98,9 @@ def stack(tmp_path_factory):
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{mport}" in started.stdout
+        # the model server is up, following @champion on that MLflow server (none yet: it waits for one)
+        with urllib.request.urlopen(f"http://127.0.0.1:{sport}/version", timeout=30) as r:
+            assert json.loads(r.read())["following"] == "models:/mlpipe-digits@champion"
         yield {
             "home": home,
             "mlflow": f"http://127.0.0.1:{mport}",
@@ -102,7 +114,9 @@ def stack(tmp_path_factory):
         for pid in pids.values():
             if servers._alive(pid):  # leave nothing behind even when the assertion below fails
                 servers.stop(pid)
-    assert stopped.returncode == 0 and set(pids) == {"mlflow", "prefect", "deploy"}, stopped.stdout + stopped.stderr
+    assert stopped.returncode == 0 and set(pids) == {"mlflow", "prefect", "deploy", "model"}, (
+        stopped.stdout + stopped.stderr
+    )
     assert "deploy" in stopped.stdout and not list((home / ".mlpipe" / "servers").glob("*.pid"))
 
 
