@@ -155,6 +155,11 @@ def test_allow_baseline_registers_promotes_and_serves_it_without_pickle(scenario
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.strip().splitlines()
     assert lines[0] == "input,class,confidence" and len(lines) == 5 and lines[1].split(",")[1] in ("pos", "neg")
+    # and `mlpipe score` scores with it (no embeddings or drift sample: drift is skipped, not an error)
+    r = cli("score", "--model", f"models:/{NAME}@champion", "few.csv", "--out", "scored.parquet", cwd=project)
+    assert r.returncode == 0, r.stderr[-2000:]
+    scored = pd.read_parquet(project / "scored.parquet")
+    assert len(scored) == 4 and scored["class"].tolist() == [line.split(",")[1] for line in lines[1:]]
 
 
 def test_nothing_changes_with_baseline_disabled(scenario):
