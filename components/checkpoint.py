@@ -161,7 +161,7 @@ def _background_priority() -> None:
     """Nice 19 for the calling thread alone (Linux keeps a nice value per thread): when training
     keeps every core busy, the scheduler runs the writer in the gaps instead of pre-empting an
     intra-op thread (2 threads on 2 cores: a checkpointed epoch 1.7-3.6% slower than one without,
-    against 5.0-6.0% at normal priority; BENCHMARKS.md, issue 4)."""
+    against 5.0-6.0% at normal priority; benchmarks/results/HISTORY.md, issue 4)."""
     if sys.platform.startswith("linux"):  # elsewhere a thread id is not a valid setpriority target
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
@@ -173,7 +173,7 @@ class Writer:
     """Stores checkpoints on one background thread, so the next epoch trains while the last one is
     hashed, written and fsynced. submit() packs and serializes the state on the caller's thread (at
     background priority with every core training, a writer that also pickled was still busy when the
-    next epoch ended, and pickling holds the GIL; BENCHMARKS.md, issue 4), then waits for the write
+    next epoch ended, and pickling holds the GIL; benchmarks/results/HISTORY.md, issue 4), then waits for the write
     before it, so at most one is in flight and files land in epoch order; a failed write is raised by
     the next submit() or by close(). Use as a context manager: leaving it waits for the last write,
     also when training stopped with an error. background: the thread runs at background priority

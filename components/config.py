@@ -83,7 +83,8 @@ class TrainConfig(_Section):
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
     # which weights a run ends with: last = the final epoch's (the lr schedule runs to its end, no early
     # stopping); best = the validated epoch with the lowest validation loss (early stopping after `patience`
-    # validations without improvement). last scored ~0.3 points higher in 5-fold CV on digits (BENCHMARKS.md, issue 3)
+    # validations without improvement). last scored ~0.3 points higher in 5-fold CV on digits
+    # (benchmarks/results/HISTORY.md, issue 3)
     keep: Literal["last", "best"] = "last"
     patience: int = Field(10, ge=1)  # keep: best: validations without val-loss improvement before stopping
     val_every: int = Field(1, ge=1, le=10_000)  # epochs between validation passes; the last epoch always validates
@@ -96,7 +97,8 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(1, ge=0, le=10_000)  # epochs between checkpoints; 0 = off (no resume)
     # least wall time between two checkpoints (the last epoch always gets one): short epochs are not each
     # worth a durable copy (one per 0.23 s epoch cost the stage 3-5% at 2 threads on 2 cores, ~1% at 1 s;
-    # BENCHMARKS.md, issue 4); a kill loses at most ~1 s plus one epoch. 0 = every checkpoint_every epochs
+    # benchmarks/results/HISTORY.md, issue 4); a kill loses at most ~1 s plus one epoch.
+    # 0 = every checkpoint_every epochs
     checkpoint_min_seconds: float = Field(1.0, ge=0, le=86_400)
     keep_checkpoints: int = Field(2, ge=1, le=100)  # newest K checkpoint files kept
     loader_workers: int = Field(0, ge=0, le=64)  # DataLoader worker processes per rank; 0 = read in the trainer
@@ -204,7 +206,8 @@ class TuneConfig(_Section):
         2.0,
     )  # multiplies the augment section's magnitudes (shift, rotation, noise)
     # longer schedules cross-validate better on digits: a 1-block CNN 0.9926 / 0.9944 / 0.9950 at 30 / 40 / 50 epochs;
-    # the default run's champion 0.9916 with [15, 50], 0.9937 in three runs with [30, 60] (BENCHMARKS.md, issue 3)
+    # the default run's champion 0.9916 with [15, 50], 0.9937 in three runs with [30, 60]
+    # (benchmarks/results/HISTORY.md, issue 3)
     epochs: tuple[int, int] = (30, 60)
 
     @field_validator("lr", "weight_decay", "dropout", "aug_strength", "epochs", "depth")

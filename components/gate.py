@@ -69,7 +69,8 @@ def paired(a, b, margin: float, confidence: float) -> tuple[str, float, float]:
     win / loss when a - b - margin is above / below 0 at that confidence, else tie. One-sided,
     because each rule asks a directional question (does it beat the baseline? is it worse than the
     champion?). With 5 folds a two-sided test put digits' CNN, 1.8-1.9 points above a logistic
-    regression, at p 0.048-0.049 on two of three seeds: at the edge of 0.95 (BENCHMARKS.md, issue 23)."""
+    regression, at p 0.048-0.049 on two of three seeds: at the edge of 0.95
+    (benchmarks/results/HISTORY.md, issue 23)."""
     from scipy.stats import ttest_rel
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)

@@ -128,7 +128,7 @@ def for_inference(model: nn.Module) -> nn.Module:
     """An eval-only copy for serving: each BatchNorm2d folded into the convolution before it (its
     running statistics and affine become the conv's weight scale and bias) and the Dropout layers,
     identities in eval mode, removed. Same outputs up to float rounding; fewer layer calls make
-    batch-1 inference of the default CNN 1.28x faster (BENCHMARKS.md, issue 5). Not trainable:
+    batch-1 inference of the default CNN 1.28x faster (benchmarks/results/HISTORY.md, issue 5). Not trainable:
     the copy has no BatchNorm statistics left to update."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 

@@ -105,7 +105,7 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
             recipe.augmentation(),
             cfg.compress,
         )
-        # fine-tunes keep their best validation epoch (as measured for BENCHMARKS.md, issue 5)
+        # fine-tunes keep their best validation epoch (as measured for benchmarks/results/HISTORY.md, issue 5)
         tcfg = cfg.train.model_copy(
             update={"lr": cfg.compress.finetune_lr, "scheduler": "cosine", "patience": 10**6, "keep": "best"}
         )
