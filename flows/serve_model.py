@@ -122,7 +122,7 @@ def handler(server: ModelServer, max_body: int) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connection
         # headers and body go out in two writes; with Nagle's algorithm the second waits for the client's
-        # delayed ACK, about 40 ms per response (benchmarks/results/HISTORY.md, issue 21)
+        # delayed ACK, about 40 ms per response (BENCHMARKS.md, serve-model row)
         disable_nagle_algorithm = True
 
         def log_message(self, fmt, *args):  # the access log would cost more than a batch-1 prediction
