@@ -74,13 +74,19 @@ def drop_rows(names: list[str], X, bad: np.ndarray, why: str, path: Path, skippe
     return [n for n, k in zip(names, keep) if k], X[keep]
 
 
-def _read_images(path: Path, shape: tuple[int, ...], max_pixels: int) -> tuple[list[str], np.ndarray]:
+def image_files(path: Path, shape: tuple[int, ...]) -> list[Path]:
+    """The PNG/JPEG files under an image folder, in order, for a model of input shape (C, H, W)."""
     if len(shape) != 3:
         raise DataError(f"{path}: an image folder needs an image model; this model takes shape {list(shape)}")
-    c, h, w = shape
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{path}: no PNG/JPEG images found")
+    return files
+
+
+def _read_images(path: Path, shape: tuple[int, ...], max_pixels: int) -> tuple[list[str], np.ndarray]:
+    files = image_files(path, shape)
+    c, h, w = shape
     X = np.stack([read_image(f, (h, w), c == 1, max_pixels) for f in files])
     return [str(f.relative_to(path)) for f in files], X
 

@@ -33,7 +33,7 @@ from components.data import IMAGE_SUFFIXES, read_image
 from components.errors import DataError
 from components.fileio import atomic_file
 from flows import monitor
-from flows.inputs import drop_rows, table_features, to_shape
+from flows.inputs import drop_rows, image_files, table_features, to_shape
 
 TABLES = (".csv", ".parquet")
 ARRAYS = (".npz", ".npy")
@@ -142,12 +142,8 @@ def _check_array(path: Path, shape, dtype, fortran: bool) -> None:
 
 
 def _image_chunks(path: Path, shape: tuple[int, ...], chunk_rows: int, max_pixels: int) -> Iterator[Chunk]:
-    if len(shape) != 3:
-        raise DataError(f"{path}: an image folder needs an image model; this model takes shape {list(shape)}")
+    files = image_files(path, shape)
     c, h, w = shape
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"{path}: no PNG/JPEG images found")
     for start in range(0, len(files), chunk_rows):
         part = files[start : start + chunk_rows]
         X = np.stack([read_image(f, (h, w), c == 1, max_pixels) for f in part])
