@@ -22,7 +22,19 @@ from components.serving import Predictor, sha256_file
 ALIAS = "champion"
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "onnx", "onnxruntime"]  # onnx*: int8 variants
 # the package: MLflow's models-from-code. The entry file and the only project modules it needs; no pickle
-MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+# MLflow's models-from-code file: the version's `python_model`, run at load. MLflow requires it to call
+# mlflow.models.set_model itself, so it is written here (the one place that may import mlflow) at
+# registration; the logic is components/serving.Classifier, shipped as code. Nothing is pickled.
+ENTRY = """import mlflow
+from components.serving import Classifier
+
+
+class Model(Classifier, mlflow.pyfunc.PythonModel):
+    pass
+
+
+mlflow.models.set_model(Model())
+"""
 SHIPPED = ("__init__.py", "errors.py", "fileio.py", "models.py", "evaluate.py", "serving.py")
 PACKAGE = "code/1"  # version tag mlpipe.package; versions of an older (pickled) package are not reused
 REFERENCE_ROWS = 1000  # training rows logged with each model for drift checks
@@ -45,7 +57,9 @@ def log_model(model_file: Path, example: np.ndarray, reference: np.ndarray | Non
         code = Path(tmp) / "code" / "components"
         code.mkdir(parents=True)
         for name in SHIPPED:
-            shutil.copy2(MODEL_CODE.with_name(name), code / name)
+            shutil.copy2(Path(__file__).with_name(name), code / name)
+        entry = Path(tmp) / "pyfunc_model.py"
+        entry.write_text(ENTRY)
         artifacts = {"model": str(model_file)}
         if reference is not None:
             artifacts["reference"] = str(Path(tmp) / "reference.npz")
@@ -55,7 +69,7 @@ def log_model(model_file: Path, example: np.ndarray, reference: np.ndarray | Non
             warnings.simplefilter("ignore")
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=str(MODEL_CODE),
+                python_model=str(entry),
                 artifacts=artifacts,
                 code_paths=[str(code)],
                 model_config=config,
@@ -209,7 +223,7 @@ def invoke(pyfunc_model, body: bytes, content_type: str | None) -> tuple[int, st
 
 
 def _mlpipe_model(pyfunc_model):
-    """The Classifier of components/pyfunc_model.py inside a loaded model, or None (another flavor: a baseline)."""
+    """The serving.Classifier inside a loaded model, or None (another flavor: a baseline)."""
     try:
         inner = pyfunc_model.unwrap_python_model()
     except MlflowException:

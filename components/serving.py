@@ -1,7 +1,8 @@
 """Inference on one weights file: the code a registered model runs, and all of it.
 
-A registered model version is MLflow's models-from-code package: its entry point
-(components/pyfunc_model.py) builds a `Predictor` from the weights file it carries. This module
+A registered model version is MLflow's models-from-code package: its entry point (registry.ENTRY,
+written into every version as pyfunc_model.py) wraps `Classifier`, which builds a `Predictor` from
+the weights file it carries. This module
 and the four it imports (models, evaluate, errors, fileio) are the only project code the version
 ships (registry.SHIPPED); tests/code/test_serving_package.py checks that the set is closed. Keep
 it that way: no mlflow, no config tree, no training code here.
@@ -162,3 +163,26 @@ class Predictor:
     def embed(self, X) -> np.ndarray:
         """(N, D) penultimate-layer activations (see outputs)."""
         return self.outputs(X, embed=True)[1]
+
+
+class Classifier:
+    """The registered model's logic: raw features (N, *feature_shape) in; label, class, confidence out.
+    MLflow's models-from-code file (registry.ENTRY, written at registration) mixes in its PythonModel."""
+
+    def load_context(self, context):
+        cfg = context.model_config or {}
+        self.predictor = Predictor.load(context.artifacts["model"], cfg.get("model_sha256"))
+        self.reference_file = context.artifacts.get("reference")  # drift reference rows, if logged
+        self.reference_sha256 = cfg.get("reference_sha256")
+
+    def reference(self):
+        """The training rows logged at registration (npz, array X) -> array, or None."""
+        if not self.reference_file:
+            return None
+        check_hash(self.reference_file, self.reference_sha256, "drift reference sample")
+        with np.load(self.reference_file, allow_pickle=False) as z:
+            return z["X"]
+
+    # the hint (a type MLflow infers no schema from) keeps MLflow's own input check: the signature's tensor spec
+    def predict(self, context, model_input: np.ndarray, params=None):
+        return self.predictor.predict(model_input)
