@@ -77,6 +77,13 @@ def test_every_stage_lists_the_code_it_runs_as_deps():
         if need - deps:
             missing[stage] = sorted(need - deps)
     assert not missing, f"dvc.yaml: stages that do not list code they run as deps: {missing}"
+    gone = {
+        stage: d
+        for stage, spec in _dvc().items()
+        for d in spec.get("deps", [])
+        if not (REPO / d).exists() and d.endswith(".py")
+    }
+    assert not gone, f"dvc.yaml: deps that no longer exist (dvc repro fails on them): {gone}"
 
 
 def test_the_dependency_finder_follows_helpers_local_imports_and_module_imports():
