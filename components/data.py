@@ -48,6 +48,7 @@ class Meta:
     seed: int
     test_size: float
     feature_names: list[str] | None = None
+    text: dict | None = None  # text datasets: vocab_size, max_length, pad_id, tokenizer hash ... (components/text.py)
 
     @property
     def n_classes(self) -> int:
