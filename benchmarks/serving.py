@@ -11,10 +11,13 @@ project, its fp32 and int8 versions; with --smoke, two untrained CNNs for the di
 Load: a fixed count of POST /invocations at batch 1 (one digits row, JSON `inputs`), over keep-alive
 connections from `--concurrency` client threads, on loopback; each server is a separate process, all
 started first, then `--repeats` interleaved rounds (median and range over rounds).
-Swap: the same load while the alias moves fp32 -> int8 -> fp32 (every third of the requests); each
-response's version header is checked against the alias history: a response may come from the
-version that was champion when the request started or, within the server's lag (poll interval +
-load), from the one before; anything else counts as wrong.
+Latency also times the fp32 champion served through its alias with `serve.consistent` (one registry read
+per request, shared by concurrent ones) beside the same version served by number.
+Swap: the same load while the alias moves fp32 -> int8 -> fp32 (every third of the requests), once with
+`serve.consistent` and once polling only; each response's version header is checked against the alias
+history: `not_champion_while_answered` counts responses from a version that was not champion at any
+moment while the request was in flight (0 is the goal, and what consistent mode promises);
+`wrong_version` those not even within the poll lag (poll interval + load) of a move.
 Score: `mlpipe score` of a CSV of N digits rows (64 columns, whole-number pixels) and of a folder of N
 digits PNGs, in a subprocess: its rows/s (the chunk loop), wall seconds and peak RSS (ru_maxrss), drift
 check included unless --score-set drift.enabled=false.
@@ -78,7 +81,7 @@ def set_champion(project: Path, version: str) -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
-def start(kind: str, project: Path, uri: str, poll: float) -> servers.Server:
+def start(kind: str, project: Path, uri: str, poll: float, consistent: bool = True) -> servers.Server:
     """`mlpipe serve-model` or `mlflow models serve` (one worker, the local environment) of uri, healthy."""
     port, log = servers.free_port(), project / f"{kind}.log"
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "PREFECT_HOME": str(project / ".prefect")}
@@ -92,6 +95,8 @@ def start(kind: str, project: Path, uri: str, poll: float) -> servers.Server:
             str(port),
             "--set",
             f"serve.poll_s={poll}",
+            "--set",
+            f"serve.consistent={str(consistent).lower()}",
         ]
     else:
         env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # it execs `uvicorn` by name
@@ -164,6 +169,9 @@ def bench_latency(project, versions, args) -> None:
             for kind in kinds:
                 if variant in args.variants:
                     started[(variant, kind)] = start(kind, project, f"models:/{NAME}/{version}", args.poll)
+        # the champion (fp32) followed with serve.consistent: one alias read per request (shared when concurrent)
+        set_champion(project, versions["fp32"])
+        started[("fp32", "mlpipe@champion")] = start("mlpipe", project, f"models:/{NAME}@champion", args.poll)
         rounds: dict[tuple, list[dict]] = {key: [] for key in started}
         for r in range(args.repeats):
             for (variant, kind), srv in started.items():
@@ -187,14 +195,18 @@ def bench_latency(project, versions, args) -> None:
         print(json.dumps(summary), flush=True)
 
 
-SERVERS = {"mlpipe": "mlpipe serve-model", "mlflow": "mlflow models serve"}
+SERVERS = {
+    "mlpipe": "mlpipe serve-model",
+    "mlflow": "mlflow models serve",
+    "mlpipe@champion": "mlpipe serve-model @champion, consistent",
+}
 
 
-def bench_swap(project, versions, args) -> None:
+def bench_swap(project, versions, args, consistent: bool) -> None:
     """The load while the alias moves fp32 -> int8 -> fp32 (after a third and two thirds of the requests)."""
     a, b = versions["fp32"], versions.get("int8", versions["fp32"])
     set_champion(project, a)
-    srv = start("mlpipe", project, f"models:/{NAME}@champion", args.poll)
+    srv = start("mlpipe", project, f"models:/{NAME}@champion", args.poll, consistent)
     moves = [(-np.inf, -np.inf, a)]  # (time before, time after the alias call, version)
     records: list = []
     result: dict = {}
@@ -214,23 +226,29 @@ def bench_swap(project, versions, args) -> None:
         servers.stop(srv.pid)
     result.pop("records")
     allow = args.poll + 10.0  # the server looks every poll_s, then loads (seconds at most here)
-    wrong, behind, lag = 0, 0, 0.0
-    for start_t, end_t, _, version in records:
-        # versions that were (or, within the move's uncertainty, may have been) champion during
-        # [start - allow, end]: version i holds from moves[i] (before) to moves[i + 1] (after)
-        ok = {
+
+    def champions(start_t: float, end_t: float) -> set:
+        """Versions that were (or, within a move's uncertainty, may have been) champion at some moment in
+        [start_t, end_t]: version i holds from moves[i] (before the call) to moves[i + 1] (after it)."""
+        return {
             v
             for i, (t_before, _, v) in enumerate(moves)
-            if t_before <= end_t and (i + 1 == len(moves) or moves[i + 1][1] >= start_t - allow)
+            if t_before <= end_t and (i + 1 == len(moves) or moves[i + 1][1] >= start_t)
         }
-        if version not in ok:
-            wrong += 1
+
+    wrong, stale, behind, lag = 0, 0, 0, 0.0
+    for start_t, end_t, _, version in records:
+        if version not in champions(start_t - allow, end_t):
+            wrong += 1  # not even a recent champion
+        if version not in champions(start_t, end_t):
+            stale += 1  # not the champion at any moment while the request was in flight
         current = [v for t_before, t_after, v in moves if t_after <= start_t]
         if version != current[-1]:
             behind += 1  # answered by the previous champion: the server had not looked yet
             lag = max(lag, end_t - max(t_after for _, t_after, _ in moves if t_after <= start_t))
-    out = {"bench": "swap", "alias_moves": len(moves) - 1, **result, "wrong_version": wrong}
-    out |= {"from_previous_champion": behind, "max_lag_s": round(lag, 3), "poll_s": args.poll, "loadavg": loadavg()}
+    out = {"bench": "swap", "consistent": consistent, "alias_moves": len(moves) - 1, **result, "wrong_version": wrong}
+    out |= {"not_champion_while_answered": stale, "from_previous_champion": behind, "max_lag_s": round(lag, 3)}
+    out |= {"poll_s": args.poll, "loadavg": loadavg()}
     print(json.dumps(out), flush=True)
 
 
@@ -314,7 +332,8 @@ def main() -> None:
         if "latency" not in args.skip:
             bench_latency(project, versions, args)
         if "swap" not in args.skip:
-            bench_swap(project, versions, args)
+            for consistent in (True, False):
+                bench_swap(project, versions, args, consistent)
         bench_score(project, args)
 
 

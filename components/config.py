@@ -316,6 +316,9 @@ class ServeConfig(_Section):
     port: int = Field(5001, ge=1, le=65_535)  # TCP port on --host (127.0.0.1 unless told otherwise)
     # seconds between looks at the alias; a version it moved to is loaded fully, then swapped in
     poll_s: float = Field(10.0, ge=0.05, le=86_400.0)
+    # every request looks the alias up first (one registry read shared by requests that arrive together), so
+    # each response comes from the version that was champion while it was answered; false: poll_s only
+    consistent: bool = True
     max_body_mb: float = Field(64.0, gt=0.0, le=4096.0)  # largest /invocations request body, MiB (413 above)
 
 

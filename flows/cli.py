@@ -264,8 +264,8 @@ def serve_model(
     ),
 ):
     """Serve a registered model over HTTP with MLflow's /invocations, /ping and /version (which names the
-    version and variant serving); the alias is looked up every serve.poll_s seconds and a version it
-    moves to is loaded, then swapped in without failing a request."""
+    version and variant serving); the alias is looked up before each request (serve.consistent) and every
+    serve.poll_s seconds, and a version it moves to is loaded, then swapped in without failing a request."""
     _env()
     from components.config import load_config
 
@@ -280,7 +280,7 @@ def serve_model(
     uri = model or _champion_uri(cfg)
     try:
         tracking.setup(cfg.tracking, Path.cwd())
-        serve(uri, host, cfg.serve.port if port is None else port, cfg.serve.poll_s, cfg.serve.max_body_mb, wait)
+        serve(uri, host, cfg.serve.port if port is None else port, cfg.serve, wait)
     except MlpipeError as e:
         _fail(e)
     except KeyboardInterrupt:

@@ -5,12 +5,19 @@ The endpoints are MLflow's scoring server's: POST /invocations (JSON `dataframe_
 `scoring_server.invocations`, through components/registry.py), GET /ping and /health, and GET
 /version, which here names the model version and variant serving (MLflow's says its own version).
 
-Every `serve.poll_s` seconds a thread looks the alias up. When it names another version, that
-version is loaded and run once on a zero batch while the old one keeps answering; then one
-reference is replaced. A request reads that reference once, so it finishes on the version it
-started with, and its response names it (headers X-Mlpipe-Model-Name / -Version / -Variant). A
-version that fails to load (a tampered or unreadable artefact) is logged and skipped until the
-alias moves again; the old one keeps serving."""
+With `serve.consistent` (the default) every request looks the alias up before it is answered: one
+registry read that began after the request arrived, shared by the requests that arrive while it
+runs. When the alias names another version, that version is loaded (once, whichever request or the
+watcher gets there first) and answers; so every response comes from the version that was champion
+while it was being answered. Without it, only the watcher looks, and the server lags the alias by up
+to one `serve.poll_s` plus a load, at no per-request cost.
+
+Either way, every `serve.poll_s` seconds a thread looks the alias up and loads a new version (and runs
+it once on a zero batch) while the old one keeps answering; then one reference is replaced. A request
+reads that reference once, so it finishes on the version it started with, and its response names it
+(headers X-Mlpipe-Model-Name / -Version / -Variant). A version that fails to load (a tampered or
+unreadable artefact) is logged and skipped until the alias moves again; the old one keeps serving.
+If the registry cannot be read, requests are answered by the version serving (logged once)."""
 
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from components import registry
+from components.config import ServeConfig
 from components.errors import MlpipeError
 
 log = logging.getLogger("mlpipe.serve_model")
@@ -51,17 +59,54 @@ def load_version(ref: registry.ModelRef) -> Served:
     return Served(uri, ref.name, ref.version, variant, model)
 
 
+class FreshRead:
+    """fn() as of now: each call returns the result of a call of fn that began after it did. Calls run
+    one at a time, and the callers that arrive while one runs share the next one, so a burst of
+    requests costs two reads, not one per request. fn's exception is raised to those callers."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._cond = threading.Condition()
+        self._started = self._done = 0  # reads begun / finished, numbered from 1
+        self._result: tuple[object, BaseException | None] = (None, None)
+
+    def __call__(self):
+        with self._cond:
+            need = self._started + 1  # the first read that begins after this call
+            while self._done < need:
+                if self._started == self._done:  # none running: begin read `need` here
+                    self._started += 1
+                    self._cond.release()
+                    try:
+                        try:
+                            result = (self.fn(), None)
+                        except Exception as e:  # noqa: BLE001 - handed to every caller of this read
+                            result = (None, e)
+                    finally:
+                        self._cond.acquire()
+                    self._result, self._done = result, self._started
+                    self._cond.notify_all()
+                else:
+                    self._cond.wait()
+            value, error = self._result
+        if error is not None:
+            raise error
+        return value
+
+
 class ModelServer:
     """The served version and the alias watcher. `current` is None only while waiting for an alias."""
 
-    def __init__(self, uri: str, poll_s: float, wait: bool = False):
-        self.uri, self.poll_s, self.wait = uri, poll_s, wait
+    def __init__(self, uri: str, poll_s: float, wait: bool = False, consistent: bool = True):
+        self.uri, self.poll_s, self.wait, self.consistent = uri, poll_s, wait, consistent
         self.ref = registry.parse_uri(uri)
         self.current: Served | None = None
         self.failed: dict[str, str] = {}  # version the alias names -> why it is not served
         self.swaps = 0
         self._stop = threading.Event()
         self._last_warning: str | None = None  # logged once, not every poll
+        self._alias = FreshRead(lambda: registry.resolve(self.uri))
+        self._loading = threading.Lock()  # one load at a time: a request and the watcher never load twice
 
     def start(self) -> None:
         """Load what the URI names now; without `wait`, an alias or model that does not exist is an error."""
@@ -74,21 +119,34 @@ class ModelServer:
         if self.current:
             log.info("serving %s", self.current.describe())
 
+    def for_request(self) -> Served | None:
+        """The version to answer a request with: with `consistent`, the one the alias names now (loaded
+        first if it is new); else, or for a URI that names a version, the one serving."""
+        if self.consistent and self.ref.alias:
+            self.check()
+        return self.current
+
     def check(self) -> bool:
         """One look at the alias: load and swap in the version it names if that is new -> swapped."""
         try:
-            ref = registry.resolve(self.uri)
+            ref = self._alias()
         except MlpipeError as e:  # no alias yet, the alias was removed, or no registry: keep serving
             if str(e) != self._last_warning:
                 log.warning("alias check failed, serving %s: %s", self.current and self.current.version, e)
             self._last_warning = str(e)
             return False
         self._last_warning = None
+        if self.current and ref.version == self.current.version:
+            return False
+        with self._loading:
+            return self._swap_to(ref)
+
+    def _swap_to(self, ref: registry.ModelRef) -> bool:
+        if self.current and ref.version == self.current.version:
+            return False  # loaded by another request or the watcher while this one waited
         if ref.version in self.failed:
             return False  # refused once; tried again after the alias has moved elsewhere
         self.failed.clear()
-        if self.current and ref.version == self.current.version:
-            return False
         try:
             new = load_version(ref)
         except Exception as e:  # noqa: BLE001 - any failure to load keeps the old version serving
@@ -169,7 +227,7 @@ def handler(server: ModelServer, max_body: int) -> type[BaseHTTPRequestHandler]:
                     json.dumps({"error_code": "BAD_REQUEST", "message": f"body of {n} bytes, over serve.max_body_mb"}),
                 )
             body = self.rfile.read(n)
-            served = server.current  # read once: this request finishes on this version whatever the watcher does
+            served = server.for_request()  # read once: this request finishes on this version whatever happens
             if served is None:
                 return self._unavailable()
             status, ctype, out = registry.invoke(served.model, body, self.headers.get("Content-Type"))
@@ -183,15 +241,17 @@ class Http(ThreadingHTTPServer):
     request_queue_size = 128
 
 
-def serve(uri: str, host: str, port: int, poll_s: float, max_body_mb: float, wait: bool = False, ready=None) -> None:
+def serve(uri: str, host: str, port: int, cfg: ServeConfig, wait: bool = False, ready=None) -> None:
     """Run until interrupted (SIGINT/SIGTERM). ready(url): called once the socket listens."""
-    model_server = ModelServer(uri, poll_s, wait)
+    poll_s = cfg.poll_s
+    model_server = ModelServer(uri, poll_s, wait, cfg.consistent)
     model_server.start()
-    httpd = Http((host, port), handler(model_server, int(max_body_mb * 2**20)))
+    httpd = Http((host, port), handler(model_server, int(cfg.max_body_mb * 2**20)))
     watcher = threading.Thread(target=model_server.watch, name="alias-watcher", daemon=True)
     watcher.start()
     url = f"http://{host}:{httpd.server_address[1]}"
-    log.info("listening on %s, following %s every %.3g s", url, uri, poll_s)
+    how = "on every request and " if cfg.consistent and model_server.ref.alias else ""
+    log.info("listening on %s, following %s %severy %.3g s", url, uri, how, poll_s)
     if ready:
         ready(url)
     try:
