@@ -242,10 +242,10 @@ def bench_swap(project, versions, args, consistent: bool) -> None:
             wrong += 1  # not even a recent champion
         if version not in champions(start_t, end_t):
             stale += 1  # not the champion at any moment while the request was in flight
-        current = [v for t_before, t_after, v in moves if t_after <= start_t]
-        if version != current[-1]:
-            behind += 1  # answered by the previous champion: the server had not looked yet
-            lag = max(lag, end_t - max(t_after for _, t_after, _ in moves if t_after <= start_t))
+        i = max(k for k, (_, t_after, _) in enumerate(moves) if t_after <= start_t)  # the champion at the start
+        if i > 0 and version == moves[i - 1][2] != moves[i][2]:
+            behind += 1  # answered by the champion before: the server had not looked yet
+            lag = max(lag, end_t - moves[i][1])
     out = {"bench": "swap", "consistent": consistent, "alias_moves": len(moves) - 1, **result, "wrong_version": wrong}
     out |= {"not_champion_while_answered": stale, "from_previous_champion": behind, "max_lag_s": round(lag, 3)}
     out |= {"poll_s": args.poll, "loadavg": loadavg()}

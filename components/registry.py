@@ -192,6 +192,23 @@ def resolve(uri: str) -> ModelRef:
     return ref
 
 
+def alias_reader(uri: str):
+    """-> a function that returns the version the alias of `uri` (models:/NAME@ALIAS) names now: one
+    registry read (get_model_version_by_alias, with one client), for a caller that reads it often; when
+    the read fails, the error is resolve()'s, which says what does not exist."""
+    ref = parse_uri(uri)
+    client = MlflowClient()
+
+    def read() -> ModelRef:
+        try:
+            version = client.get_model_version_by_alias(ref.name, ref.alias).version
+            return ModelRef(uri, ref.name, str(version), ref.alias)
+        except MlflowException:
+            return resolve(uri)  # raises the clear error (or answers, if the alias came back meanwhile)
+
+    return read
+
+
 def version_tags(name: str, version: str) -> dict[str, str]:
     return dict(MlflowClient().get_model_version(name, version).tags)
 

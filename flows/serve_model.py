@@ -105,7 +105,7 @@ class ModelServer:
         self.swaps = 0
         self._stop = threading.Event()
         self._last_warning: str | None = None  # logged once, not every poll
-        self._alias = FreshRead(lambda: registry.resolve(self.uri))
+        self._alias = FreshRead(registry.alias_reader(uri) if self.ref.alias else lambda: registry.resolve(uri))
         self._loading = threading.Lock()  # one load at a time: a request and the watcher never load twice
 
     def start(self) -> None:
