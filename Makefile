@@ -31,10 +31,14 @@ TEST_WORKERS ?= 2
 
 # The house rules (import-linter contracts in pyproject.toml: no cycles, components/ never imports
 # prefect or flows/, only tracking.py and registry.py import mlflow) and ruff's lint and format.
+# The Kubernetes manifests against the API schemas of K8S_VERSION, strict (an unknown field fails), with
+# kubernetes-validate (PyPI; its schemas ship in the package, no download at run time).
+K8S_VERSION ?= 1.33.0
 lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) infra/k8s/*.yaml
 
 test: setup browser lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15

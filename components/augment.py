@@ -61,10 +61,49 @@ class TabularNoise:
         return x + torch.randn(x.shape, generator=g) * self.scale
 
 
+class TextAugment:
+    """Token dropout, [MASK] replacement and one deleted span per text, on (B, L) token ids: [CLS] (position
+    0) and padding are never touched; dropped and deleted tokens close up and padding fills the end, so a
+    row stays [CLS] + tokens + padding (the attention mask X != PAD_ID stays right). Probabilities come
+    from the augment section (the tuner's aug_strength scales them, components/tune.scale_augment)."""
+
+    def __init__(self, dropout: float, mask: float, span: float):
+        self.dropout, self.mask, self.span = dropout, mask, span
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:  # (B, L) int ids
+        from components.text import CLS_ID, MASK_ID, PAD_ID
+
+        B, L = x.shape
+        ids = x.long()
+        pos = torch.arange(L)[None, :]  # (1, L)
+        body = (ids != PAD_ID) & (pos > 0) & (ids != CLS_ID)  # the text's own tokens
+        n = body.sum(1, keepdim=True)  # (B, 1) tokens per row, [CLS] excluded
+        keep = torch.ones_like(body)
+        if self.dropout:
+            keep &= ~(body & (torch.rand((B, L), generator=g) < self.dropout))
+        if self.span:
+            # one span per row: length uniform in [0, span * n], start uniform over the text's tokens
+            length = (torch.rand((B, 1), generator=g) * (self.span * n.float() + 1)).floor().long().clamp(max=n)
+            start = 1 + (torch.rand((B, 1), generator=g) * (n - length + 1).float()).floor().long()
+            keep &= ~(body & (pos >= start) & (pos < start + length))
+        if self.mask:
+            ids = torch.where(body & keep & (torch.rand((B, L), generator=g) < self.mask), MASK_ID, ids)
+        if bool(keep.all()):
+            return ids.to(x.dtype)
+        # close up: kept positions first, in order (a stable sort on "dropped"); the tail becomes padding
+        order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
+        out = torch.gather(torch.where(keep, ids, PAD_ID), 1, order)
+        return out.to(x.dtype)
+
+
 def build_augment(cfg: AugmentConfig, kind: str, X_train, value_range=None):
     """The training-batch transform for this dataset, or None when augmentation is off."""
     if not cfg.enabled:
         return None
+    if kind == "text":
+        if not (cfg.token_dropout or cfg.token_mask or cfg.span_delete):
+            return None
+        return TextAugment(cfg.token_dropout, cfg.token_mask, cfg.span_delete)
     x = torch.as_tensor(np.array(X_train[: min(len(X_train), 10_000)]))  # copy: may be a read-only memmap
     if kind == "image":
         span = (value_range[1] - value_range[0]) if value_range else float(x.max() - x.min())
@@ -88,6 +127,8 @@ def describe(cfg: AugmentConfig, kind: str) -> dict:
             ("noise_std", cfg.noise_std),
             ("cutout_px", cfg.cutout),
         ]
+    elif kind == "text":
+        t = [("token_dropout", cfg.token_dropout), ("token_mask", cfg.token_mask), ("span_delete", cfg.span_delete)]
     else:
         t = [("tabular_noise_std", cfg.tabular_noise_std)]
     return {"kind": kind, "transforms": [{"name": n, "value": v} for n, v in t if v]}

@@ -7,6 +7,8 @@ training split), so that the gate can compare a network with them fold by fold.
              logreg  StandardScaler + LogisticRegression, C grid-searched
              svc     StandardScaler + RBF SVC, C grid-searched (left out above baseline.svc_max_rows rows)
     image    logreg  on the flattened pixels (any of the three may be named)
+    text     tfidf   TF-IDF (words and word pairs, sublinear tf) + logistic regression, C grid-searched,
+                     on the raw texts of the same split (data/prepared/texts_*.parquet)
 
 A grid search runs over the cv folds themselves, so a grid model's fold scores are those of its
 chosen C at no extra fit; C was chosen on those same folds, which flatters the baseline slightly
@@ -35,21 +37,27 @@ MAX_ITER = 2000  # logistic regression solver iterations (lbfgs on standardized 
 
 class BaselineClassifier:
     """A fitted scikit-learn classifier behind the registered models' interface: raw features
-    (N, *in_shape) in (flattened to (N, F)); label, class, confidence out."""
+    (N, *in_shape) in (flattened to (N, F)), or raw strings for a text model (in_shape []); label,
+    class, confidence out."""
 
-    def __init__(self, estimator, classes: list[str], in_shape: tuple[int, ...], name: str = ""):
+    def __init__(self, estimator, classes: list[str], in_shape: tuple[int, ...], name: str = "", text: bool = False):
         self.estimator = estimator
         self.classes = [str(c) for c in classes]
         self.in_shape = [int(d) for d in in_shape]
         self.name = name
+        self.text = text
+
+    def _rows(self, X):
+        if getattr(self, "text", False):
+            return _texts(X)
+        x = np.asarray(X.to_numpy() if isinstance(X, pd.DataFrame) else X, dtype=np.float32)
+        return x.reshape(len(x), -1)
 
     def predict_proba(self, X) -> np.ndarray:
-        x = np.asarray(X.to_numpy() if isinstance(X, pd.DataFrame) else X, dtype=np.float32)
+        x = self._rows(X)
         proba = np.zeros((len(x), len(self.classes)))
         # columns by the estimator's label codes: a class absent from the training rows keeps probability 0
-        proba[:, np.asarray(self.estimator.classes_, dtype=np.int64)] = self.estimator.predict_proba(
-            x.reshape(len(x), -1)
-        )
+        proba[:, np.asarray(self.estimator.classes_, dtype=np.int64)] = self.estimator.predict_proba(x)
         return proba
 
     def predict(self, X) -> pd.DataFrame:
@@ -122,6 +130,11 @@ def _estimator(name: str, seed: int):
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITER)), "logisticregression__C"
     if name == "svc":
         return make_pipeline(StandardScaler(), SVC(random_state=seed)), "svc__C"
+    if name == "tfidf":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vec = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), dtype=np.float32)
+        return make_pipeline(vec, LogisticRegression(max_iter=MAX_ITER)), "logisticregression__C"
     raise ValueError(f"unknown baseline {name!r}")
 
 
@@ -166,16 +179,17 @@ def fit_all(
     from components import evaluate
     from components import folds as cv_folds
 
-    X, Xt = _flat(X_train), _flat(X_test)
+    text = models == ["tfidf"]  # raw texts: object arrays of strings
+    X, Xt = (_texts(X_train), _texts(X_test)) if text else (_flat(X_train), _flat(X_test))
     splits = cv_folds.fold_indices(y_train, folds, seed)
-    in_shape = tuple(X_train.shape[1:])
+    in_shape = () if text else tuple(X_train.shape[1:])
     out = []
     with threadpool_limits(limits=threads or None):
         for name in models:
             with model_run(name):
                 t0 = time.perf_counter()
                 est, params, fold_acc = fit_one(name, X, y_train, splits, C, seed)
-                model = BaselineClassifier(est, classes, in_shape, name)
+                model = BaselineClassifier(est, classes, in_shape, name, text)
                 test = evaluate.classification_metrics(y_test, model.predict_proba(Xt))
                 r = Result(name, params, test, fold_acc, time.perf_counter() - t0, model)
                 out.append(r)
@@ -191,6 +205,17 @@ def best(results: list[Result]) -> Result:
 
 def _flat(X: np.ndarray) -> np.ndarray:
     return np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+
+
+def _texts(X) -> np.ndarray:
+    """Raw texts -> (N,) object array of str: a DataFrame's "text" column (or its only column), a Series,
+    an array or a list."""
+    if isinstance(X, pd.DataFrame):
+        X = X["text"] if "text" in X.columns or X.shape[1] != 1 else X.iloc[:, 0]
+    x = np.asarray(X.to_numpy() if isinstance(X, pd.Series) else X, dtype=object).reshape(-1)
+    if not all(isinstance(v, str) for v in x):
+        raise DataError("baseline (text): the input must be raw strings")
+    return x
 
 
 # ---- files: skops, never pickle

@@ -4,7 +4,11 @@
     structured  whole conv channels / hidden neurons removed: a narrower model of the same arch
     distilled   a shallower, narrower student trained on the fp32 model's soft targets
     int8        ONNX export + ONNX Runtime int8: static (calibrated on training rows) for conv
-                nets, dynamic (weights int8, activations quantized per call) for MLPs
+                nets, dynamic (weights int8, activations quantized per call) for MLPs and Transformers
+
+Transformers (components/transformer.py): structured = fewer attention heads and FFN units per block;
+distilled = a student with fewer blocks (and those narrowed); int8 = dynamic, the Linear layers' MatMuls
+only, the padding mask computed inside the exported graph from the int64 ids.
 
 Serialization: pruned, structured and distilled variants are ordinary mlpipe model files (components/models
 save/load: tensors + constructor args, read with weights_only=True). int8 variants are ONNX files
@@ -25,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from components import models
+from components import models, transformer
 from components.config import CompressConfig, TrainConfig
 from components.errors import MlpipeError
 from components.fileio import atomic_file
@@ -210,12 +214,20 @@ def shrink(model: nn.Module, spec: dict, keep: float) -> tuple[nn.Module, dict]:
     return new, new_spec
 
 
+def shrink_any(model: nn.Module, spec: dict, keep: float) -> tuple[nn.Module, dict]:
+    """shrink() for CNN / MLP; for a transformer, cfg.keep of each block's heads and FFN units."""
+    if spec["arch"] in transformer.ARCHS:
+        small_spec = transformer.narrow_spec(spec, keep)
+        return transformer.shrink(model, spec, small_spec, models.build), small_spec
+    return shrink(model, spec, keep)
+
+
 def prune_structured(
     model: nn.Module, spec: dict, cfg: CompressConfig, fit: FitFn, train_cfg: TrainConfig
 ) -> tuple[nn.Module, dict]:
     """shrink(), then fine-tune on the labels, or also on `model`'s soft targets (cfg.structured_teacher:
     measured better on the 8x8 digits CNN by ~0.3 points, worse on the 28x28 CNN and the MLP by ~1)."""
-    small, small_spec = shrink(model, spec, cfg.keep)
+    small, small_spec = shrink_any(model, spec, cfg.keep)
     if cfg.structured_epochs:
         ft = train_cfg.model_copy(update={"epochs": cfg.structured_epochs})
         fit(small, ft, teacher=model) if cfg.structured_teacher else fit(small, ft)
@@ -240,7 +252,13 @@ def distill_student(
 ) -> tuple[nn.Module, dict]:
     """-> (a shallower, narrower student trained on `model`'s soft targets, its spec). Every tensor
     it shares by name and shape with shrink(model) starts from there (the input normalization and the
-    kept channels of the blocks it keeps); the rest (the head after the removed block) starts fresh."""
+    kept channels of the blocks it keeps); the rest (the head after the removed block) starts fresh.
+    A transformer student keeps the first blocks (narrowed), the embeddings, final norm and head."""
+    if spec["arch"] in transformer.ARCHS:
+        s_spec = transformer.student_spec(spec, cfg.keep, cfg.student_drop_blocks)
+        student = transformer.shrink(model, spec, s_spec, models.build)
+        fit(student, train_cfg.model_copy(update={"epochs": cfg.student_epochs, "lr": cfg.student_lr}), teacher=model)
+        return student.eval(), s_spec
     small, _ = shrink(model, spec, cfg.keep)
     s_spec = student_spec(spec, cfg)
     student = models.build(s_spec)
@@ -256,25 +274,32 @@ def distill_student(
 
 
 def int8_mode(cfg: CompressConfig, spec: dict) -> str:
+    """auto: static for the CNN, dynamic otherwise. A text transformer is always dynamic, whatever
+    compress.int8_mode says: its input is token ids, which the static calibration (float rows) cannot feed."""
+    if spec["arch"] == "transformer":
+        return "dynamic"
     if cfg.int8_mode != "auto":
         return cfg.int8_mode
     return "static" if spec["arch"] == "cnn" else "dynamic"
 
 
 def export_onnx(model: nn.Module, spec: dict, classes: list[str], path: str | Path, variant: str = "fp32") -> Path:
-    """fp32 ONNX (batch axis dynamic; batch norm folded into the convs by the exporter)."""
+    """fp32 ONNX (batch axis dynamic; batch norm folded into the convs by the exporter). A text transformer
+    takes int64 ids (B, T <= max_length; both axes dynamic) and builds its padding mask inside the graph."""
     import onnx
 
     path = Path(path)
-    x = torch.zeros((2, *spec["args"]["in_shape"]))
     model = copy.deepcopy(model).eval()
+    text = spec["arch"] == "transformer"
+    x = model.example_input(2) if text else torch.zeros((2, *spec["args"]["in_shape"]))
+    axes = {0: "batch", 1: "tokens"} if text else {0: "batch"}
     torch.onnx.export(
         model,
         (x,),
         str(path),
         input_names=["x"],
         output_names=["logits"],
-        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        dynamic_axes={"x": axes, "logits": {0: "batch"}},
         dynamo=False,
     )
     _set_meta(path, spec, classes, variant, onnx)
@@ -386,7 +411,12 @@ def quantize_int8(
                 weight_type=QuantType.QInt8,
             )
         elif mode == "dynamic":
-            quantize_dynamic(str(prep), str(path), per_channel=True, weight_type=QuantType.QInt8)
+            # a transformer: the Linear layers' MatMuls (constant weights) and the token embedding table (Gather;
+            # most of a small text model's bytes), not the ViT's patch conv
+            ops = ["MatMul", "Gemm", "Gather"] if spec["arch"] in transformer.ARCHS else None
+            quantize_dynamic(
+                str(prep), str(path), per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=ops
+            )
         else:
             raise MlpipeError(f"compress.int8_mode: {mode!r} is not one of auto, static, dynamic")
     finally:
@@ -459,7 +489,8 @@ def build_variants(
                 if cfg.structured_teacher
                 else "on labels"
             )
-            method = f"channels/neurons kept {cfg.keep}, {cfg.structured_epochs} epochs fine-tune {how}"
+            unit = "heads/FFN units" if spec["arch"] in transformer.ARCHS else "channels/neurons"
+            method = f"{unit} kept {cfg.keep}, {cfg.structured_epochs} epochs fine-tune {how}"
             made.append(
                 {
                     "variant": name,
@@ -472,9 +503,15 @@ def build_variants(
         elif name == "distilled":
             m, s_spec = distill_student(model, spec, cfg, fit, train_cfg)
             models.save(m, s_spec, classes, out_dir / "distilled.pt")
+            a = s_spec["args"]
             key = "channels" if s_spec["arch"] == "cnn" else "hidden"
+            shape = (
+                f"student {a['layers']} blocks, heads {a['block_heads']}, ffn {a['block_ff']}"
+                if s_spec["arch"] in transformer.ARCHS
+                else f"student {key} {a[key]}, hidden {a['hidden']}"
+            )
             method = (
-                f"student {key} {s_spec['args'][key]}, hidden {s_spec['args']['hidden']}, "
+                f"{shape}, "
                 f"{cfg.student_epochs} epochs on soft targets "
                 f"(alpha {cfg.distill_alpha}, T {cfg.distill_temperature})"
             )

@@ -28,6 +28,12 @@ class DataConfig(_Section):
     max_pixels: int = Field(40_000_000, ge=16, le=89_000_000)
     test_size: float = Field(0.2, gt=0.0, lt=1.0)  # fraction held out for the final test
     val_size: float = Field(0.1, gt=0.0, lt=1.0)  # fraction of train held out for early stopping
+    # text (components/textdata.py): csv/parquet with a text column, or textfolder:PATH (a folder of .txt per class)
+    text_column: str | None = None  # csv/parquet: the column of raw texts; None = a table of numeric features
+    tokenizer: Literal["bpe", "wordpiece"] = "bpe"  # Hugging Face tokenizers model, fitted on the training rows
+    vocab_size: int = Field(8000, ge=16, le=1_000_000)  # tokens incl. 5 special ones; the texts must fill it
+    max_length: int = Field(128, ge=2, le=8192)  # tokens per text incl. [CLS]; longer texts are truncated
+    lowercase: bool = True  # lower-case after NFKC normalisation
 
     @model_validator(mode="after")
     def _sizes(self):
@@ -41,6 +47,7 @@ class ValidateConfig(_Section):
     max_duplicate_fraction: float = Field(0.02, ge=0.0, le=1.0)  # identical feature rows
     max_leak_fraction: float = Field(0.0, ge=0.0, le=1.0)  # test rows also present in train
     value_range: tuple[float, float] | None = None  # None: the source's known range, else finite only
+    max_truncated_fraction: float = Field(0.2, ge=0.0, le=1.0)  # text: share of texts cut at data.max_length
 
 
 class AugmentConfig(_Section):
@@ -51,13 +58,31 @@ class AugmentConfig(_Section):
     noise_std: float = Field(0.0, ge=0.0, le=1.0)  # image: gaussian noise, fraction of value range
     cutout: int = Field(0, ge=0, le=32)  # image: side of a zeroed square, pixels; 0 = off
     tabular_noise_std: float = Field(0.05, ge=0.0, le=1.0)  # tabular: noise, times feature std
+    # text: per-token probabilities; [CLS] and padding are never touched
+    token_dropout: float = Field(0.05, ge=0.0, le=0.5)  # text: drop a token (the rest shift left)
+    token_mask: float = Field(0.1, ge=0.0, le=0.5)  # text: replace a token with [MASK]
+    span_delete: float = Field(0.1, ge=0.0, le=0.5)  # text: delete one span of up to this share of the tokens
 
 
 class ModelConfig(_Section):
-    kind: Literal["auto", "cnn", "mlp"] = "auto"  # auto: cnn for images, mlp for tabular
+    # auto: cnn for images, mlp for tabular, transformer for text; vit: the transformer encoder over image patches
+    kind: Literal["auto", "cnn", "mlp", "transformer", "vit"] = "auto"
     channels: tuple[int, ...] = (32, 64)  # cnn: conv widths, one 2x pooling per block
     hidden: tuple[int, ...] = (128,)  # mlp hidden widths; cnn head width
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # transformer / vit (components/transformer.py): pre-norm encoder blocks
+    d_model: int = Field(128, ge=8, le=4096)  # embedding width; a multiple of heads
+    heads: int = Field(4, ge=1, le=64)  # attention heads per block
+    layers: int = Field(2, ge=1, le=48)  # encoder blocks
+    ff: int = Field(256, ge=8, le=65_536)  # FFN hidden width
+    pooling: Literal["cls", "mean"] = "cls"  # the [CLS] position, or the mean over non-padding positions
+    patch_size: int = Field(4, ge=1, le=64)  # vit: square patch side, pixels (images are zero-padded to a multiple)
+
+    @model_validator(mode="after")
+    def _heads(self):
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})")
+        return self
 
 
 class DistributedConfig(_Section):
@@ -81,6 +106,11 @@ class TrainConfig(_Section):
     lr: float = Field(3e-3, gt=0.0, le=1.0)  # AdamW peak learning rate
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
+    # fraction of all steps the lr rises linearly to train.lr; None: the scheduler's own (onecycle 0.15, else none)
+    warmup: float | None = Field(None, ge=0.0, lt=1.0)
+    # token-id (text) data: each epoch sorts the shuffled rows by length within chunks of this many batches and
+    # cuts every batch to its longest row (less padding work); 0 = off. Padding is masked: results stay the same
+    bucket_batches: int = Field(50, ge=0, le=100_000)
     # which weights a run ends with: last = the final epoch's (the lr schedule runs to its end, no early
     # stopping); best = the validated epoch with the lowest validation loss (early stopping after `patience`
     # validations without improvement). last scored ~0.3 points higher in 5-fold CV on digits
@@ -100,11 +130,15 @@ class TrainConfig(_Section):
     # benchmarks/results/HISTORY.md, issue 4); a kill loses at most ~1 s plus one epoch.
     # 0 = every checkpoint_every epochs
     checkpoint_min_seconds: float = Field(1.0, ge=0, le=86_400)
+    max_epochs: int | None = Field(None, ge=1, le=10_000)  # caps epochs, the tuned count too (a time budget sets it)
     keep_checkpoints: int = Field(2, ge=1, le=100)  # newest K checkpoint files kept
     loader_workers: int = Field(0, ge=0, le=64)  # DataLoader worker processes per rank; 0 = read in the trainer
     # CUDA: cuDNN's deterministic convolution algorithms, so the same seed gives the same weights on a GPU
     # as it does on the CPU; false lets cuDNN pick the fastest (benchmark mode), which may differ run to run
     deterministic: bool = True
+    # GPUs one run trains on; > 0 with a Prefect server: the train stage holds that many slots of the node's limit
+    # gpu:<hostname> (one slot per GPU) while it trains, so runs on one machine queue instead of sharing a device
+    gpus_per_run: int = Field(0, ge=0, le=64)
     distributed: DistributedConfig = DistributedConfig()
 
 
@@ -174,6 +208,8 @@ _TUNE_LIMITS = {
     "aug_strength": (0.0, 10.0, False),
     "epochs": (1, 10_000, False),
     "depth": (1, 8, False),
+    "layers": (1, 48, False),
+    "warmup": (0.0, 0.99, False),
 }
 
 
@@ -200,17 +236,26 @@ class TuneConfig(_Section):
     batch_size: tuple[int, ...] = (32, 64, 128)
     width: tuple[int, ...] = (16, 32, 48)  # cnn: first conv width (doubles per block); mlp: hidden width
     depth: tuple[int, int] = (1, 3)  # cnn: conv blocks; mlp: hidden layers
+    # transformer / vit (replacing width and depth): every d_model choice must be a multiple of every heads choice
+    d_model: tuple[int, ...] = (64, 128)
+    heads: tuple[int, ...] = (2, 4)
+    layers: tuple[int, int] = (1, 4)
+    ff_mult: tuple[int, ...] = (2, 4)  # FFN width = d_model x this
+    warmup: tuple[float, float] = (0.0, 0.2)  # fraction of steps (train.warmup)
     dropout: tuple[float, float] = (0.0, 0.5)
     aug_strength: tuple[float, float] = (
         0.0,
         2.0,
     )  # multiplies the augment section's magnitudes (shift, rotation, noise)
+    # wall seconds this tune stage may run trials (a time budget sets it); None: n_trials alone; 0: no new
+    # trials, the study's best so far (none: the config as written)
+    timeout_s: float | None = Field(None, ge=0.0, le=10**7)
     # longer schedules cross-validate better on digits: a 1-block CNN 0.9926 / 0.9944 / 0.9950 at 30 / 40 / 50 epochs;
     # the default run's champion 0.9916 with [15, 50], 0.9937 in three runs with [30, 60]
     # (benchmarks/results/HISTORY.md, issue 3)
     epochs: tuple[int, int] = (30, 60)
 
-    @field_validator("lr", "weight_decay", "dropout", "aug_strength", "epochs", "depth")
+    @field_validator("lr", "weight_decay", "dropout", "aug_strength", "epochs", "depth", "layers", "warmup")
     @classmethod
     def _range(cls, v, info):
         lo, hi, open_low = _TUNE_LIMITS[info.field_name]
@@ -220,12 +265,19 @@ class TuneConfig(_Section):
             raise ValueError(f"bounds must lie in {'(' if open_low else '['}{lo}, {hi}]")
         return v
 
-    @field_validator("batch_size", "width")
+    @field_validator("batch_size", "width", "d_model", "heads", "ff_mult")
     @classmethod
     def _choices(cls, v):
         if not v or min(v) < 1 or len(set(v)) != len(v):
             raise ValueError("must be a non-empty list of distinct whole numbers >= 1")
         return v
+
+    @model_validator(mode="after")
+    def _heads(self):
+        bad = [(d, h) for d in self.d_model for h in self.heads if d % h]
+        if bad:
+            raise ValueError(f"tune.d_model {bad[0][0]} is not a multiple of tune.heads {bad[0][1]}")
+        return self
 
 
 _BASELINES = Literal["hgb", "logreg", "svc"]
@@ -256,6 +308,17 @@ class BaselineConfig(_Section):
         if not v or min(v) <= 0 or len(set(v)) != len(v):
             raise ValueError("must be a non-empty list of distinct values > 0")
         return v
+
+
+class BudgetConfig(_Section):
+    """A wall-time budget for `mlpipe run` (components/budget.py plans the stages inside it) and the
+    data-size-aware epoch counts, which apply with or without a budget."""
+
+    minutes: float | None = Field(None, gt=0.0, le=10_080.0)  # None: no budget, every stage runs as configured
+    # epochs stop growing once an epoch count would show the model this many training samples: a large
+    # training split gets fewer passes (train.epochs and tune.epochs shrink together); None: off
+    samples_seen: int | None = Field(200_000, ge=1_000, le=10**12)
+    min_epochs: int = Field(3, ge=1, le=1000)  # ... but never fewer than this many (nor more than train.epochs)
 
 
 class CVConfig(_Section):
@@ -357,6 +420,7 @@ class Config(_Section):
     serve: ServeConfig = ServeConfig()
     score: ScoreConfig = ScoreConfig()
     drift: DriftConfig = DriftConfig()
+    budget: BudgetConfig = BudgetConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, protected_namespaces=())
 
@@ -366,6 +430,11 @@ class Config(_Section):
         for key, on in (("beat_baseline_by", p.beat_baseline_by is not None), ("allow_baseline", p.allow_baseline)):
             if on and not self.baseline.enabled:
                 raise ValueError(f"promote.{key} needs a baseline, but baseline.enabled is false")
+        n, gpus = self.train.distributed.nproc_per_node, self.train.gpus_per_run
+        if gpus and n != "auto" and n > gpus:
+            raise ValueError(
+                f"train.distributed.nproc_per_node {n} is more ranks than train.gpus_per_run {gpus} (one rank per GPU)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components import evaluate, train
+from components import evaluate, stream, train
 from components.config import Config
 from components.errors import DataError
 from components.folds import fold_indices  # noqa: F401 - cv.fold_indices: the baselines use the same folds
@@ -62,7 +62,7 @@ def run_fold(
     model, hist = train.Recipe(cfg, X, y, kind, value_range, rows=tr).fit(
         spec, log=log
     )  # the final run's initial weights
-    return score(y[held_out], train.predict_logits(model, X[held_out]).numpy()), hist
+    return score(y[held_out], train.predict_logits(model, stream.Rows(X, held_out)).numpy()), hist
 
 
 def cross_validate(

@@ -20,7 +20,7 @@ from components.errors import DataError
 from components.fileio import atomic_dir
 
 SKLEARN_SETS = ("digits", "breast_cancer", "wine", "iris")
-SCHEMES = ("sklearn", "npz", "imagefolder", "csv", "parquet")
+SCHEMES = ("sklearn", "npz", "imagefolder", "csv", "parquet", "textfolder")  # text: components/textdata.py
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 MIN_PER_CLASS = 3  # one each for train, validation and test
 
@@ -62,6 +62,8 @@ class Prepared:
     X_test: np.ndarray
     y_test: np.ndarray
     meta: Meta = field(repr=False)
+    # further files written beside the arrays: name -> array (.npy) or bytes (text: len_*, texts_*, tokenizer.json)
+    files: dict[str, np.ndarray | bytes] = field(default_factory=dict, repr=False)
 
 
 def dataset_name(source: str) -> str:
@@ -155,15 +157,26 @@ def load_imagefolder(root: Path, size: tuple[int, int], grayscale: bool, max_pix
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if not class_dirs:
         raise DataError(f"{root}: no class sub-folders (expected one folder of images per class)")
-    images, labels = [], []
-    for d in class_dirs:
-        for f in sorted(d.iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(read_image(f, size, grayscale, max_pixels))
-                labels.append(d.name)
-    if not images:
+    files = [(f, d.name) for d in class_dirs for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
         raise DataError(f"{root}: no PNG/JPEG images found in {len(class_dirs)} class folders")
-    return Raw(np.stack(images), np.array(labels), "image", (0.0, 1.0))
+    X = np.empty((len(files), 1 if grayscale else 3, *size), np.float32)  # decoded one at a time into place
+    for i, (f, _) in enumerate(files):
+        X[i] = read_image(f, size, grayscale, max_pixels)
+    return Raw(X, np.array([label for _, label in files]), "image", (0.0, 1.0))
+
+
+def _read_csv(path: Path, label_column: str):
+    """The CSV with its feature columns parsed straight to float32 (half the memory of pandas' float64, the
+    same values as casting that); a column that is not numeric fails that parse, and the file is read with
+    pandas' own types, for load_table to name the column."""
+    import pandas as pd
+
+    try:
+        columns = pd.read_csv(path, nrows=0).columns
+        return pd.read_csv(path, dtype={c: np.float32 for c in columns if c != label_column})
+    except (ValueError, TypeError):
+        return pd.read_csv(path)
 
 
 def load_table(scheme: str, path: Path, label_column: str) -> Raw:
@@ -171,7 +184,7 @@ def load_table(scheme: str, path: Path, label_column: str) -> Raw:
 
     _need_file(path, f"{scheme} file")
     try:
-        df = pd.read_csv(path) if scheme == "csv" else pd.read_parquet(path)
+        df = _read_csv(path, label_column) if scheme == "csv" else pd.read_parquet(path)
     except Exception as e:  # noqa: BLE001 - pandas/pyarrow raise many types for unreadable files
         raise DataError(f"{path}: cannot read as {scheme} ({type(e).__name__}: {e})") from None
     if label_column not in df.columns:
@@ -210,20 +223,28 @@ def load_source(cfg: DataConfig) -> Raw:
 def encode_labels(labels: np.ndarray, classes: list[str] | None) -> tuple[np.ndarray, list[str]]:
     """Labels -> int64 codes. With a declared class list, an unknown label becomes -1 so that
     validation reports it; without one, the classes are the sorted distinct labels."""
-    as_str = np.array([str(v) for v in labels])
+    import pandas as pd
+
+    codes, uniq = pd.factorize(np.asarray(labels), use_na_sentinel=False)  # hashing: one pass, no sort
+    names = [str(v) for v in np.asarray(uniq)]  # labels compare as text, as a declared class list is
     if classes is None:
-        uniq = np.unique(labels)
-        classes = [str(v) for v in uniq]
+        classes = [str(v) for v in np.unique(np.asarray(uniq))]
     index = {c: i for i, c in enumerate(classes)}
-    return np.array([index.get(s, -1) for s in as_str], dtype=np.int64), list(classes)
+    lut = np.array([index.get(n, -1) for n in names], dtype=np.int64)  # one entry per distinct label
+    return lut[codes], list(classes)
 
 
 def content_hash(*arrays: np.ndarray) -> str:
+    """sha256 over each array's dtype, shape and bytes, fed a chunk at a time from the array's own
+    buffer (no bytes copy of the whole array; a memmap is read as it goes)."""
     h = hashlib.sha256()
     for a in arrays:
-        a = np.ascontiguousarray(a)
+        a = a.reshape(1) if a.ndim == 0 else a  # as np.ascontiguousarray has it (the digests stay as they were)
         h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
+        flat = a.reshape(-1) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(-1)
+        step = max(1, (16 << 20) // max(1, a.itemsize))
+        for i in range(0, len(flat), step):
+            h.update(memoryview(flat[i : i + step]).cast("B"))
     return h.hexdigest()[:16]
 
 
@@ -263,6 +284,11 @@ def split(raw: Raw, cfg: DataConfig, seed: int, classes: list[str] | None = None
 
 
 def ingest(cfg: DataConfig, seed: int, classes: list[str] | None = None) -> Prepared:
+    """Images and tables; a text source (textfolder:, or csv/parquet with data.text_column) is
+    components/textdata.ingest (the ingest stage picks)."""
+    scheme, _ = parse_source(cfg.source)
+    if scheme == "textfolder" or (scheme in ("csv", "parquet") and cfg.text_column is not None):
+        raise DataError(f"data.source {cfg.source!r}: a text source; ingest it with components.textdata.ingest")
     return split(load_source(cfg), cfg, seed, classes)
 
 
@@ -270,6 +296,11 @@ def save_prepared(ds: Prepared, out: Path) -> None:
     with atomic_dir(out) as tmp:
         for name in ("X_train", "y_train", "X_test", "y_test"):
             np.save(tmp / f"{name}.npy", getattr(ds, name))
+        for name, content in ds.files.items():
+            if isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                np.save(tmp / name, content)
         (tmp / "meta.json").write_text(json.dumps(asdict(ds.meta), indent=2) + "\n")
 
 

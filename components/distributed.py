@@ -86,18 +86,34 @@ def shutdown() -> None:
         tdist.destroy_process_group()
 
 
-def shard(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, shuffle: bool = True) -> np.ndarray:
+def shard(
+    n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, shuffle: bool = True, bucket: tuple | None = None
+) -> np.ndarray:
     """This rank's positions in 0..n-1 for one epoch, as DistributedSampler does: one permutation
-    seeded by (seed, epoch), the same on every rank, padded by wrapping so ranks get equal counts."""
-    if shuffle:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=g).numpy()
-    else:
-        order = np.arange(n)
+    seeded by (seed, epoch), the same on every rank, padded by wrapping so ranks get equal counts.
+    bucket (lengths, global batch, chunk batches): the permutation reordered by bucket_by_length."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=g).numpy() if shuffle else np.arange(n)
+    if bucket is not None and bucket[2] > 0:
+        order = bucket_by_length(order, *bucket, g)
     per_rank = -(-n // world)  # ceil
     if per_rank * world > n:
         order = np.concatenate([order, order[: per_rank * world - n]])
     return order[rank::world]
+
+
+def bucket_by_length(order: np.ndarray, lengths: np.ndarray, batch: int, chunk_batches: int, g) -> np.ndarray:
+    """order sorted by length within consecutive chunks of chunk_batches * batch rows, then its full batches
+    (consecutive runs of `batch`) shuffled with g, the last partial one kept last. Every global batch holds rows
+    of similar length, and a rank's share of batch i (order[rank::world]) comes from global batch i, so 2 ranks
+    see the rows 1 rank sees, step by step."""
+    chunk = batch * chunk_batches
+    order = np.concatenate(
+        [c[np.argsort(lengths[c], kind="stable")] for c in np.array_split(order, range(chunk, len(order), chunk))]
+    )
+    full = len(order) // batch
+    perm = torch.randperm(full, generator=g).numpy()
+    return np.concatenate([order[: full * batch].reshape(full, batch)[perm].reshape(-1), order[full * batch :]])
 
 
 def all_sum(values: list[float], d: Dist) -> list[float]:

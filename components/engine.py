@@ -60,12 +60,25 @@ class History:
 
 
 def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
+    """cfg.warmup None: onecycle warms up over 15% of the steps, cosine and none not at all; else a linear
+    warm-up over that fraction of the steps (onecycle: its pct_start), then the schedule."""
     total = cfg.epochs * steps_per_epoch
     if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
-    if cfg.scheduler == "cosine":
+        pct = 0.15 if cfg.warmup is None else min(max(cfg.warmup, 2 / total), 0.99)  # OneCycleLR needs >= 2 steps
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
+    warm = round((cfg.warmup or 0.0) * total)
+    if cfg.scheduler == "cosine" and not warm:
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    return None
+    if not warm:
+        return None
+    cosine = cfg.scheduler == "cosine"
+
+    def factor(s: int) -> float:
+        if s < warm:
+            return (s + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))) if cosine else 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 @dataclass
@@ -180,14 +193,15 @@ def _checkpoint_due(epoch: int, done: bool, cfg: TrainConfig, since_last: float,
 
 
 def _resume(folder: Path, key: str, d: distributed.Dist, model, opt, sched, scaler, g, st: LoopState) -> Path | None:
-    """Restore from the newest good checkpoint; rank 0 picks it, every rank loads the same file."""
+    """Restore from the newest good checkpoint; rank 0 picks it, every rank loads the same file (by its
+    name: on several nodes the shared folder may be mounted at a different path on each)."""
     found, refused = None, None
     if d.is_main:
         try:
             found = checkpoint.load_latest(folder, key)
         except checkpoint.CheckpointError as e:
             refused = str(e)
-    name = distributed.broadcast_str(f"!{refused}" if refused else str(found[1]) if found else None, d)
+    name = distributed.broadcast_str(f"!{refused}" if refused else Path(found[1]).name if found else None, d)
     if name is not None and name.startswith("!"):  # every rank stops, none waits for the others
         raise checkpoint.CheckpointError(name[1:])
     if name is None:
@@ -196,7 +210,7 @@ def _resume(folder: Path, key: str, d: distributed.Dist, model, opt, sched, scal
         distributed.barrier(d)
         return None
     state = (
-        found[0] if d.is_main else checkpoint.read(next(e for e in checkpoint.entries(folder) if str(e.path) == name))
+        found[0] if d.is_main else checkpoint.read(next(e for e in checkpoint.entries(folder) if e.path.name == name))
     )
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
@@ -216,7 +230,7 @@ def _resume(folder: Path, key: str, d: distributed.Dist, model, opt, sched, scal
     saved = loop["history"]
     h.epochs, h.best_epoch, h.stopped_early = list(saved["epochs"]), saved["best_epoch"], saved["stopped_early"]
     h.train_seconds = list(saved["train_seconds"])
-    return Path(name)
+    return folder / name
 
 
 @torch.no_grad()
@@ -227,12 +241,19 @@ def evaluate(
     d: distributed.Dist,
     precision: str = "fp32",
     channels_last: bool = False,
+    lengths: np.ndarray | None = None,
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over X, each rank scoring every world-th row, summed over ranks."""
+    """(mean cross-entropy, accuracy) over X, each rank scoring every world-th row, summed over ranks.
+    lengths: token ids (text) with their lengths: rows are scored in length order, each batch cut to its
+    longest row (padding is masked, so the figures are the same)."""
     model.eval()
     pos = np.arange(d.rank, len(X), d.world)
+    if lengths is not None:
+        pos = pos[np.argsort(lengths[pos], kind="stable")]
     loss = correct = 0.0
     for xb, yb in stream.batches(X, y, pos, EVAL_BATCH):
+        if lengths is not None:
+            xb = stream.trim(xb)
         xb, yb = _to(xb, d.device, channels_last), yb.to(d.device)
         with autocast(d.device, precision):
             logits = model(xb).float()
@@ -266,13 +287,15 @@ def cross_entropy(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> t
     return nn.functional.cross_entropy(logits, yb)
 
 
-def train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn) -> float:
+def train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn, lengths=None) -> float:
     """One epoch -> mean training loss over all ranks. A single CPU process checks the loss every step;
     on a GPU or with several ranks it is checked once at the end of the epoch (a per-step check would
-    stall the GPU queue or add an all-reduce to every step), which still raises before any checkpoint."""
+    stall the GPU queue or add an all-reduce to every step), which still raises before any checkpoint.
+    lengths: token ids (text) with their lengths: length-bucketed batches, each cut to its longest row."""
     net.train()
-    pos = distributed.shard(len(X), seed, epoch, d.rank, d.world)
     per_rank = -(-cfg.batch_size // d.world)  # the global batch is cfg.batch_size
+    bucket = (lengths, per_rank * d.world, cfg.bucket_batches) if lengths is not None else None
+    pos = distributed.shard(len(X), seed, epoch, d.rank, d.world, bucket=bucket)
     cl = cfg.channels_last
     check_each_step = not d.enabled and d.device.type == "cpu"
     losses, sizes = [], []
@@ -281,6 +304,8 @@ def train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, 
     ):
         if augment is not None:
             xb = augment(xb, g)
+        if lengths is not None:
+            xb = stream.trim(xb)
         xb, yb = _to(xb, d.device, cl), yb.to(d.device, non_blocking=True)
         with autocast(d.device, cfg.precision):
             loss = loss_fn(net(xb).float(), xb, yb)
@@ -345,6 +370,8 @@ def fit(
     X, Xv = stream.as_view(X_train), stream.as_view(X_val)
     y, yv = np.asarray(y_train, dtype=np.int64), np.asarray(y_val, dtype=np.int64)
     stream.fit_norm(model, X)  # every rank fits the same statistics on the full training set
+    # token ids: lengths for bucketed batches (train) and length-sorted, trimmed ones (validation)
+    lengths, val_lengths = (stream.token_lengths(v) if cfg.bucket_batches else None for v in (X, Xv))
     home = next(model.parameters()).device
     if d.device.type == "cuda":  # seeded runs repeat bit for bit only with deterministic convolutions
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cfg.deterministic, not cfg.deterministic
@@ -384,12 +411,12 @@ def fit(
             if st.done:
                 break
             t0 = time.perf_counter()
-            train_loss = train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn)
+            train_loss = train_epoch(net, X, y, epoch, cfg, seed, d, opt, sched, scaler, augment, g, loss_fn, lengths)
             hist.train_seconds.append(time.perf_counter() - t0)
             row = {"train_loss": train_loss, "lr": opt.param_groups[0]["lr"]}
             validated = epoch % cfg.val_every == 0 or epoch == cfg.epochs
             if validated:
-                val_loss, val_acc = evaluate(model, Xv, yv, d, cfg.precision, cfg.channels_last)
+                val_loss, val_acc = evaluate(model, Xv, yv, d, cfg.precision, cfg.channels_last, val_lengths)
                 if not math.isfinite(val_loss):
                     raise TrainingDiverged(
                         f"training diverged: validation loss is {val_loss} at epoch {epoch}; lower "

@@ -83,7 +83,9 @@ def onnx_stats(path: str | Path) -> dict:
 
 
 def count_macs(model: nn.Module, in_shape) -> int:
-    """Multiply-accumulates of conv and linear layers for one example (forward hooks)."""
+    """Multiply-accumulates of conv and linear layers for one example (forward hooks). A linear layer counts
+    once per position it runs on (a transformer's per token: its example_input, half of max_length real
+    tokens, at full length); attention's own products (QK^T, AV) are not counted."""
     total = 0
 
     def hook(m, inp, out):
@@ -91,12 +93,13 @@ def count_macs(model: nn.Module, in_shape) -> int:
         if isinstance(m, nn.Conv2d):
             total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
         else:
-            total += m.in_features * m.out_features
+            total += out[0].numel() * m.in_features  # (positions x out_features) x in_features
 
     hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros((1, *in_shape)))
+            x = model.example_input(1) if hasattr(model, "example_input") else torch.zeros((1, *in_shape))
+            model.eval()(x)
     finally:
         for h in hs:
             h.remove()
@@ -178,7 +181,7 @@ def measure(
     repeats: int,
 ) -> Row:
     """Every figure of one variant. `load(threads)` -> model; timed with `threads` threads."""
-    from components.train import predict_logits
+    from components.train import as_input, predict_logits
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -186,7 +189,7 @@ def measure(
         model = load(threads)
         proba = softmax(predict_logits(model, X_test).numpy())
         m = classification_metrics(y_test, proba)
-        x = torch.as_tensor(np.asarray(X_test, dtype=np.float32))
+        x = as_input(X_test)
         big = x[torch.arange(256) % len(x)]  # (256, *in_shape): test rows, repeated if fewer
         b1, b1_iqr = latency_ms(model, x[:1], repeats)
         b256, b256_iqr = latency_ms(model, big, max(3, repeats // 5))

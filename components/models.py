@@ -1,5 +1,6 @@
-"""Models: a small CNN for images, an MLP for tabular data. A model saves and loads itself
-with its constructor arguments, so the registry and serving never rebuild it by hand."""
+"""Models: a small CNN for images, an MLP for tabular data, Transformer encoders for text and images
+(components/transformer.py). A model saves and loads itself with its constructor arguments, so the
+registry and serving never rebuild it by hand."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from components import transformer
 from components.errors import MlpipeError
 from components.fileio import atomic_file
 
@@ -94,15 +96,32 @@ class MLP(nn.Module):
         return self.net(self.norm(x.flatten(1)))
 
 
-ARCHS = {"cnn": CNN, "mlp": MLP}
+class ViT(transformer.ViT):
+    """transformer.ViT with its input standardized per channel, as the CNN's (fitted on training data)."""
+
+    def __init__(self, in_shape, n_classes, **kw):
+        super().__init__(in_shape, n_classes, **kw)
+        self.norm = Standardize((1, in_shape[0], 1, 1))
 
 
-def model_args(cfg: ModelConfig, feature_shape, n_classes: int, kind: str) -> dict:
-    arch = cfg.kind if cfg.kind != "auto" else ("cnn" if kind == "image" else "mlp")
-    if arch == "cnn" and len(feature_shape) != 3:
+ARCHS = {"cnn": CNN, "mlp": MLP, "transformer": transformer.TextTransformer, "vit": ViT}
+AUTO = {"image": "cnn", "text": "transformer"}  # model.kind auto, by data kind; anything else: mlp
+
+
+def model_args(cfg: ModelConfig, feature_shape, n_classes: int, kind: str, text: dict | None = None) -> dict:
+    """text: meta.text of a text dataset (vocab_size ...; components/text.py)."""
+    arch = cfg.kind if cfg.kind != "auto" else AUTO.get(kind, "mlp")
+    if arch in ("cnn", "vit") and len(feature_shape) != 3:
         raise MlpipeError(
-            f"model.kind: cnn needs image data (C, H, W); this dataset has feature shape {list(feature_shape)}"
+            f"model.kind: {arch} needs image data (C, H, W); this dataset has feature shape {list(feature_shape)}"
         )
+    if (arch == "transformer") != (kind == "text"):
+        raise MlpipeError(
+            f"model.kind: {cfg.kind} does not fit {kind} data: text takes transformer (or auto), "
+            "other data cnn, mlp or vit"
+        )
+    if arch in transformer.ARCHS:
+        return {"arch": arch, "args": _encoder_args(cfg, feature_shape, n_classes, arch, text)}
     args = {
         "in_shape": list(feature_shape),
         "n_classes": int(n_classes),
@@ -114,10 +133,28 @@ def model_args(cfg: ModelConfig, feature_shape, n_classes: int, kind: str) -> di
     return {"arch": arch, "args": args}
 
 
+def _encoder_args(cfg: ModelConfig, feature_shape, n_classes: int, arch: str, text: dict | None) -> dict:
+    args = {
+        "in_shape": list(feature_shape),
+        "n_classes": int(n_classes),
+        "d_model": cfg.d_model,
+        "heads": cfg.heads,
+        "layers": cfg.layers,
+        "ff": cfg.ff,
+        "dropout": cfg.dropout,
+        "pooling": cfg.pooling,
+    }
+    if arch == "vit":
+        return {**args, "patch_size": cfg.patch_size}
+    if not text or "vocab_size" not in text:
+        raise MlpipeError("model.kind: transformer needs the text metadata of the prepared data (meta.text.vocab_size)")
+    return {**args, "vocab_size": int(text["vocab_size"])}
+
+
 def spec_for(cfg: ModelConfig, meta) -> dict:
-    """The model spec for a dataset: meta is anything with feature_shape, n_classes and kind
-    (data.Meta, tune.TrialData)."""
-    return model_args(cfg, meta.feature_shape, meta.n_classes, meta.kind)
+    """The model spec for a dataset: meta is anything with feature_shape, n_classes and kind, and
+    text for text data (data.Meta, tune.TrialData)."""
+    return model_args(cfg, meta.feature_shape, meta.n_classes, meta.kind, getattr(meta, "text", None))
 
 
 def build(spec: dict) -> nn.Module:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -35,24 +36,45 @@ class Model(Classifier, mlflow.pyfunc.PythonModel):
 
 mlflow.models.set_model(Model())
 """
-SHIPPED = ("__init__.py", "errors.py", "fileio.py", "models.py", "evaluate.py", "serving.py")
+SHIPPED = (
+    "__init__.py",
+    "errors.py",
+    "fileio.py",
+    "models.py",
+    "transformer.py",
+    "evaluate.py",
+    "serving.py",
+    "text.py",
+)
 PACKAGE = "code/1"  # version tag mlpipe.package; versions of an older (pickled) package are not reused
 REFERENCE_ROWS = 1000  # training rows logged with each model for drift checks
 BASELINE_SHIPPED = ("__init__.py", "errors.py", "baseline.py")  # what a registered baseline runs
 
 
-def log_model(model_file: Path, example: np.ndarray, reference: np.ndarray | None = None) -> str:
+def log_model(model_file: Path, example, reference: np.ndarray | None = None, tokenizer: Path | None = None) -> str:
     """Log the model to the active run as a models-from-code pyfunc with signature and input
     example -> model URI. reference: training rows (a sample of REFERENCE_ROWS is kept) that drift
-    checks compare new data with; they travel with the model."""
+    checks compare new data with; they travel with the model. tokenizer: a text model's
+    tokenizer.json (components/text.py), shipped inside the package: the pyfunc then takes raw strings
+    (example: a few texts; its signature is one string column "text") and tokenizes them itself."""
     from mlflow.models import infer_signature
 
     model_file = Path(model_file)
-    example = np.asarray(example[:5], dtype=np.float32)
+    if tokenizer is not None:
+        example = pd.DataFrame({"text": [str(t) for t in list(example)[:5]]})
+    else:
+        example = np.asarray(example[:5], dtype=np.float32)
+    predictor = Predictor.load(model_file, verify=False, tokenizer=tokenizer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # hints about integer columns
-        signature = infer_signature(example, Predictor.load(model_file, verify=False).predict(example))
+        signature = infer_signature(example, predictor.predict(example))
     config = {"model_sha256": sha256_file(model_file), "package": PACKAGE}
+    requirements = PIP_REQUIREMENTS
+    if tokenizer is not None:
+        from importlib.metadata import version
+
+        config["tokenizer_sha256"] = sha256_file(tokenizer)
+        requirements = [*PIP_REQUIREMENTS, f"tokenizers=={version('tokenizers')}"]
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "code" / "components"
         code.mkdir(parents=True)
@@ -61,6 +83,8 @@ def log_model(model_file: Path, example: np.ndarray, reference: np.ndarray | Non
         entry = Path(tmp) / "pyfunc_model.py"
         entry.write_text(ENTRY)
         artifacts = {"model": str(model_file)}
+        if tokenizer is not None:
+            artifacts["tokenizer"] = str(tokenizer)
         if reference is not None:
             artifacts["reference"] = str(Path(tmp) / "reference.npz")
             np.savez(artifacts["reference"], X=reference_sample(reference))
@@ -75,7 +99,7 @@ def log_model(model_file: Path, example: np.ndarray, reference: np.ndarray | Non
                 model_config=config,
                 signature=signature,
                 input_example=example,
-                pip_requirements=PIP_REQUIREMENTS,
+                pip_requirements=requirements,
             )
     return info.model_uri
 
@@ -92,7 +116,10 @@ def log_sklearn(model, example: np.ndarray) -> str:
 
     from components import baseline
 
-    example = np.asarray(example[:5], dtype=np.float32)
+    if getattr(model, "text", False):  # a text baseline (TF-IDF) takes raw strings, as a text network does
+        example = pd.DataFrame({"text": [str(t) for t in list(baseline._texts(example))[:5]]})
+    else:
+        example = np.asarray(example[:5], dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # hints about integer columns
         signature = infer_signature(example, model.predict(example))
@@ -256,6 +283,8 @@ class PyfuncPredictor:
         self.model, self.shape = pyfunc_model, input_shape(pyfunc_model)
 
     def predict_embed(self, X, embed: bool = False):
+        if self.shape == ():  # a text baseline: raw strings, as they are
+            return self.model.predict(X), None
         return self.model.predict(np.asarray(X, dtype=np.float32)), None
 
 
@@ -349,9 +378,21 @@ def promotion_record(name: str, version: str) -> dict:
 
 
 def input_shape(pyfunc_model) -> tuple[int, ...]:
-    """The (C, H, W) or (F,) a logged model expects, from its signature."""
+    """The (C, H, W) or (F,) a logged model expects, from its signature; () for a text model (a column
+    of raw strings)."""
+    if takes_text(pyfunc_model):
+        return ()
     spec = pyfunc_model.metadata.get_input_schema().inputs[0]
     return tuple(int(d) for d in spec.shape[1:])
+
+
+def takes_text(pyfunc_model) -> bool:
+    """Whether a logged model's signature is a column of strings (a text model that tokenizes inside)."""
+    from mlflow.types import ColSpec, DataType
+
+    schema = pyfunc_model.metadata.get_input_schema()
+    inputs = schema.inputs if schema is not None else []
+    return len(inputs) == 1 and isinstance(inputs[0], ColSpec) and inputs[0].type == DataType.string
 
 
 # ---------------------------------------------------------------- model cards and lineage (issue 22)

@@ -2,10 +2,10 @@
 
 A registered model version is MLflow's models-from-code package: its entry point (registry.ENTRY,
 written into every version as pyfunc_model.py) wraps `Classifier`, which builds a `Predictor` from
-the weights file it carries. This module
-and the four it imports (models, evaluate, errors, fileio) are the only project code the version
-ships (registry.SHIPPED); tests/code/test_serving_package.py checks that the set is closed. Keep
-it that way: no mlflow, no config tree, no training code here.
+the weights file it carries (and, for a text model, the tokenizer.json it carries: raw strings in).
+This module and the six it imports (models, transformer, text, evaluate, errors, fileio) are the only
+project code the version ships (registry.SHIPPED); tests/code/test_serving_package.py checks that the
+set is closed. Keep it that way: no mlflow, no config tree, no training code here.
 
 Weights: an mlpipe model file (`.pt`: tensors + constructor arguments, read with
 torch.load(weights_only=True)) or an ONNX file (int8 variants: graph + tensors, run by ONNX
@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from components import models
+from components import models, text
 from components.errors import MlpipeError
 from components.evaluate import softmax
 
@@ -48,9 +48,11 @@ class OnnxModule(nn.Module):
         self.path = str(path)
         self.session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        # token-id models (components/transformer.py) take int64 ids; the rest float32
+        self.dtype = np.int64 if self.session.get_inputs()[0].type == "tensor(int64)" else np.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, *in_shape) -> (B, n_classes)
-        x = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        x = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=self.dtype)
         return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
 
 
@@ -97,21 +99,44 @@ def check_hash(path: str | Path, expected: str | None, what: str = "weights file
 
 
 class Predictor:
-    """A loaded model: raw features (N, *in_shape) in; class probabilities, predictions or
-    penultimate-layer embeddings out."""
+    """A loaded model: raw features (N, *in_shape) in, or raw strings for a text model (its tokenizer,
+    components/text.py, turns them into the token ids it was trained on); class probabilities,
+    predictions or penultimate-layer embeddings out."""
 
-    def __init__(self, model: nn.Module, spec: dict, classes: list[str]):
+    def __init__(self, model: nn.Module, spec: dict, classes: list[str], encoder: text.TextEncoder | None = None):
         self.model, self.spec, self.classes = model.eval(), spec, list(classes)
         self.shape = tuple(spec["args"]["in_shape"])
+        self.encoder = encoder
+        if encoder is not None and self.shape != (encoder.max_length,):
+            raise MlpipeError(
+                f"tokenizer: rows of {encoder.max_length} tokens, but the model takes shape {list(self.shape)}"
+            )
 
     @classmethod
-    def load(cls, path: str | Path, sha256: str | None = None, verify: bool = True, threads: int = 0) -> Predictor:
-        """verify: check the file against sha256 (the hash recorded when it was registered) first."""
+    def load(
+        cls,
+        path: str | Path,
+        sha256: str | None = None,
+        verify: bool = True,
+        threads: int = 0,
+        tokenizer: str | Path | None = None,
+        tokenizer_sha256: str | None = None,
+    ) -> Predictor:
+        """verify: check the file (and the tokenizer of a text model) against sha256 (the hashes recorded
+        when it was registered) first."""
         if verify:
             check_hash(path, sha256)
-        return cls(*load_model_file(path, threads))
+            if tokenizer is not None:
+                check_hash(tokenizer, tokenizer_sha256, "tokenizer")
+        encoder = text.TextEncoder.load(tokenizer) if tokenizer is not None else None
+        return cls(*load_model_file(path, threads), encoder)
 
     def _rows(self, X) -> torch.Tensor:
+        if self.encoder is not None:
+            ids = np.asarray(X) if isinstance(X, np.ndarray) and np.issubdtype(X.dtype, np.integer) else None
+            if ids is None:  # raw strings: tokenized as at ingest
+                ids = self.encoder(text.as_texts(X))
+            return torch.from_numpy(np.ascontiguousarray(ids.reshape((len(ids), *self.shape))))
         x = np.asarray(X.to_numpy() if isinstance(X, pd.DataFrame) else X, dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(x.reshape((len(x), *self.shape))))
 
@@ -171,7 +196,12 @@ class Classifier:
 
     def load_context(self, context):
         cfg = context.model_config or {}
-        self.predictor = Predictor.load(context.artifacts["model"], cfg.get("model_sha256"))
+        self.predictor = Predictor.load(
+            context.artifacts["model"],
+            cfg.get("model_sha256"),
+            tokenizer=context.artifacts.get("tokenizer"),  # text models: raw strings in
+            tokenizer_sha256=cfg.get("tokenizer_sha256"),
+        )
         self.reference_file = context.artifacts.get("reference")  # drift reference rows, if logged
         self.reference_sha256 = cfg.get("reference_sha256")
 

@@ -119,6 +119,28 @@ def fit_norm(model, X) -> None:
     model.norm.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6).reshape(model.norm.std.shape))
 
 
+def token_lengths(view: Rows) -> np.ndarray | None:
+    """(len(view),) int64 tokens before the padding of each row, for token-id data ((N, T) integers, right-padded
+    with 0, components/text.py); None for any other data. Read in chunks."""
+    X = view.X
+    if X.ndim != 2 or not np.issubdtype(X.dtype, np.integer):
+        return None
+    n, T = len(view), X.shape[1]
+    step = max(1, CHUNK_BYTES // max(1, T * X.dtype.itemsize))
+    out = np.empty(n, dtype=np.int64)
+    for i in range(0, n, step):
+        real = view.take(view.rows(np.arange(i, min(n, i + step)))) != 0
+        last = T - np.argmax(real[:, ::-1], axis=1)  # one past the last non-padding token
+        out[i : i + len(real)] = np.where(real.any(1), last, 0)
+    return out
+
+
+def trim(xb: torch.Tensor) -> torch.Tensor:
+    """(B, T) token ids -> (B, T') without the columns that are padding in every row (at least one left)."""
+    real = (xb != 0).any(0).nonzero()
+    return xb[:, : int(real[-1]) + 1] if len(real) else xb[:, :1]
+
+
 def _batch(X: Rows, y: np.ndarray, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(X.take(X.rows(pos))), torch.from_numpy(np.asarray(y[pos], dtype=np.int64))
 

@@ -18,6 +18,7 @@ from components import augment, engine, models, stream
 from components.config import Config
 from components.engine import History, LogFn, seed_everything
 from components.errors import DataError
+from components.folds import val_split  # noqa: F401  re-exported: the recipe's early-stopping rows
 
 __all__ = ["History", "LogFn", "Recipe", "predict_logits", "seed_everything", "set_threads", "val_split"]
 
@@ -26,26 +27,27 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n or os.cpu_count() or 1)
 
 
-def val_split(y: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified indices (train_idx, val_idx) of the training split, for early stopping."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    tr, va = train_test_split(idx, test_size=val_size, random_state=seed, stratify=y)
-    return np.sort(tr), np.sort(va)
+def as_input(X) -> torch.Tensor:
+    """Model input from an array: token ids stay integers (an embedding index must not pass through float),
+    anything else becomes float32."""
+    X = np.asarray(X)
+    return torch.as_tensor(X if np.issubdtype(X.dtype, np.integer) else X.astype(np.float32, copy=False))
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
-    """Logits for X, on the CPU; the batches run wherever the caller put the model (a GPU, say)."""
+    """Logits for X, on the CPU; the batches run wherever the caller put the model (a GPU, say).
+    X may be a memmap or a stream.Rows view: it is read a batch at a time, never whole."""
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device  # no parameters (an ONNX Runtime wrapper): CPU
-    x = torch.as_tensor(np.asarray(X, dtype=np.float32))
-    return (
-        torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
-        if len(x)
-        else torch.empty(0)
-    )
+    n, out = len(X), []
+    for i in range(0, n, batch_size):
+        if isinstance(X, stream.Rows):
+            xb = X.take(X.rows(np.arange(i, min(n, i + batch_size))))
+        else:
+            xb = np.array(X[i : i + batch_size])  # a fresh, writable batch (a memmap's rows are read-only)
+        out.append(model(as_input(xb).to(device)).cpu())
+    return torch.cat(out) if out else torch.empty(0)
 
 
 @dataclass

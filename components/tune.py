@@ -10,6 +10,8 @@ import hashlib
 import json
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +28,15 @@ from components.fileio import write_json
 
 FORMAT = "mlpipe.best_params/1"
 # config keys that do not change what a trial computes: they stay out of the study name
-_NOT_IN_NAME = ("enabled", "n_trials", "n_workers", "storage", "heartbeat_s")
+_NOT_IN_NAME = ("enabled", "n_trials", "n_workers", "storage", "heartbeat_s", "timeout_s")
 # keys the search space sets (or that do not change results): their values in params.yaml do not matter
 # (val_every: a trial validates every epoch whatever it says, see objective)
 _SEARCHED = {
-    "train": ("lr", "weight_decay", "batch_size", "epochs", "num_threads", "val_every"),
-    "model": ("dropout", "channels", "hidden"),
+    "train": ("lr", "weight_decay", "batch_size", "epochs", "num_threads", "val_every", "max_epochs"),
+    "model": ("dropout", "channels", "hidden", "d_model", "heads", "layers", "ff"),
 }
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+ENCODERS = ("transformer", "vit")  # components/transformer.py: their own search space
 
 
 # ---- search space -----------------------------------------------------------------------
@@ -49,11 +52,16 @@ def scale_augment(cfg: AugmentConfig, s: float) -> dict[str, Any]:
         "augment.noise_std": min(1.0, cfg.noise_std * s),
         "augment.cutout": min(32, round(cfg.cutout * s)),
         "augment.tabular_noise_std": min(1.0, cfg.tabular_noise_std * s),
+        "augment.token_dropout": min(0.5, cfg.token_dropout * s),
+        "augment.token_mask": min(0.5, cfg.token_mask * s),
+        "augment.span_delete": min(0.5, cfg.span_delete * s),
     }
 
 
 def search_space(trial: optuna.Trial, cfg: Config, arch: str) -> dict[str, Any]:
-    """trial -> config overrides {'train.lr': .., 'model.channels': [..], ...}; bounds from cfg.tune."""
+    """trial -> config overrides {'train.lr': .., 'model.channels': [..], ...}; bounds from cfg.tune.
+    A transformer / vit searches d_model, heads, layers, FFN width (d_model x ff_mult) and lr warm-up in
+    place of width and depth."""
     t = cfg.tune
     o: dict[str, Any] = {
         "train.lr": trial.suggest_float("lr", *t.lr, log=True),
@@ -62,6 +70,19 @@ def search_space(trial: optuna.Trial, cfg: Config, arch: str) -> dict[str, Any]:
         "train.epochs": trial.suggest_int("epochs", *t.epochs),
         "model.dropout": trial.suggest_float("dropout", *t.dropout),
     }
+    if arch in ENCODERS:
+        d_model = trial.suggest_categorical("d_model", list(t.d_model))
+        o.update(
+            {
+                "model.d_model": d_model,
+                "model.heads": trial.suggest_categorical("heads", list(t.heads)),
+                "model.layers": trial.suggest_int("layers", *t.layers),
+                "model.ff": d_model * trial.suggest_categorical("ff_mult", list(t.ff_mult)),
+                "train.warmup": trial.suggest_float("warmup", *t.warmup),
+            }
+        )
+        o.update(scale_augment(cfg.augment, trial.suggest_float("aug_strength", *t.aug_strength)))
+        return o
     width = trial.suggest_categorical("width", list(t.width))
     depth = trial.suggest_int("depth", *t.depth)
     if arch == "cnn":
@@ -123,6 +144,31 @@ def _with_driver(url: str) -> str:
     return url
 
 
+@contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """On Postgres, one process at a time opens the storage: RDBStorage creates Optuna's tables in a
+    new database, and two stages doing so at once (two machines starting on a fresh database) fail
+    with a duplicate key. A session advisory lock, released when the storage is open."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as con:
+            con.execute(sqlalchemy.text("select pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK})
+            try:
+                yield
+            finally:
+                con.execute(sqlalchemy.text("select pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK})
+    finally:
+        engine.dispose()
+
+
+_SCHEMA_LOCK = int.from_bytes(hashlib.sha256(b"mlpipe optuna schema").digest()[:8], "big", signed=True)
+
+
 def make_storage(cfg: Config, journal: Path):
     """Journal file (several processes on one machine; no heartbeat), or an RDB URL with
     Optuna's heartbeat: a trial silent for 4 heartbeats is failed and retried (twice at most)."""
@@ -130,7 +176,7 @@ def make_storage(cfg: Config, journal: Path):
     if t.storage:
         from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-        try:
+        def open_rdb():
             with warnings.catch_warnings():  # heartbeat and retry are "experimental" since Optuna 2.x
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(
@@ -139,6 +185,10 @@ def make_storage(cfg: Config, journal: Path):
                     grace_period=4 * t.heartbeat_s,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
                 )
+
+        try:
+            with _schema_lock(_with_driver(t.storage)):
+                return open_rdb()
         except Exception as e:  # noqa: BLE001 - bad URL, missing driver, unreachable server
             raise ConfigError(
                 f"tune.storage: cannot open {t.storage!r} ({type(e).__name__}: {str(e).splitlines()[0]})"
@@ -166,14 +216,23 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
 
 def open_study(cfg: Config, name: str, storage, worker: int = 0) -> optuna.Study:
     """Create or load the study. Each worker seeds its sampler differently: identically seeded
-    parallel workers would propose the same random start-up trials."""
+    parallel workers would propose the same random start-up trials. On a database (tune.storage)
+    the study may be shared by the tune stages of several machines, whose workers are numbered alike:
+    their seeds also mix in the host and process id."""
     direction = "minimize" if cfg.tune.metric == "val_loss" else "maximize"
+    seed = cfg.seed + 1000 * worker
+    if cfg.tune.storage:
+        import os
+        import socket
+
+        salt = hashlib.sha256(f"{socket.gethostname()}:{os.getpid()}".encode()).digest()
+        seed = (seed + int.from_bytes(salt[:4], "big")) % 2**32  # numpy's seeds are 32-bit
     return optuna.create_study(
         study_name=name,
         storage=storage,
         load_if_exists=True,
         direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed + 1000 * worker),
+        sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=make_pruner(cfg),
     )
 
@@ -198,6 +257,8 @@ def default_params(cfg: Config, arch: str) -> dict[str, Any] | None:
     it lies outside the space (a value out of bounds, a width not among the choices, or
     widths that do not follow the space's shape)."""
     t, m = cfg.tune, cfg.model
+    if arch in ENCODERS:
+        return _default_encoder_params(cfg)
     widths = list(m.channels if arch == "cnn" else m.hidden)
     width, depth = widths[0], len(widths)
     shape = [width * 2**i for i in range(depth)] if arch == "cnn" else [width] * depth
@@ -230,14 +291,62 @@ def default_params(cfg: Config, arch: str) -> dict[str, Any] | None:
     return p if inside else None
 
 
-def enqueue_default(study: optuna.Study, cfg: Config, arch: str) -> bool:
+def _default_encoder_params(cfg: Config) -> dict[str, Any] | None:
+    """default_params for a transformer / vit; train.warmup None is the scheduler's own warm-up (onecycle 0.15,
+    else 0), which the same schedule with that warm-up reproduces."""
+    t, m = cfg.tune, cfg.model
+    own = 0.15 if cfg.train.scheduler == "onecycle" else 0.0
+    p = {
+        "lr": cfg.train.lr,
+        "weight_decay": cfg.train.weight_decay,
+        "batch_size": cfg.train.batch_size,
+        "epochs": cfg.train.epochs,
+        "dropout": m.dropout,
+        "d_model": m.d_model,
+        "heads": m.heads,
+        "layers": m.layers,
+        "ff_mult": m.ff // m.d_model,
+        "warmup": cfg.train.warmup if cfg.train.warmup is not None else own,
+        "aug_strength": 1.0,
+    }
+    inside = (
+        m.ff == p["ff_mult"] * m.d_model
+        and p["ff_mult"] in t.ff_mult
+        and m.d_model in t.d_model
+        and m.heads in t.heads
+        and p["batch_size"] in t.batch_size
+        and all(
+            lo <= p[k] <= hi
+            for k, (lo, hi) in (
+                ("lr", t.lr),
+                ("weight_decay", t.weight_decay),
+                ("epochs", t.epochs),
+                ("dropout", t.dropout),
+                ("layers", t.layers),
+                ("warmup", t.warmup),
+                ("aug_strength", t.aug_strength),
+            )
+        )
+    )
+    return p if inside else None
+
+
+def enqueue_default(study: optuna.Study, cfg: Config, arch: str, lock_path: Path | None = None) -> bool:
     """A new study's first trial is the config as written, so the tuned result is never worse
-    on the objective than not tuning. Call only while no worker runs. -> whether it was queued."""
+    on the objective than not tuning. Call only while no worker of this machine runs; with lock_path,
+    under study_lock, so stages on several machines sharing the study queue it once. -> whether it was queued."""
     p = default_params(cfg, arch)
-    if p is None or study.get_trials(deepcopy=False):
+    if p is None:
         return False
-    study.enqueue_trial(p, user_attrs={"default_config": True})
-    return True
+    unlock = study_lock(study, lock_path) if lock_path is not None else None
+    try:
+        if study.get_trials(deepcopy=False):
+            return False
+        study.enqueue_trial(p, user_attrs={"default_config": True})
+        return True
+    finally:
+        if unlock is not None:
+            unlock()
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
@@ -247,19 +356,59 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return out
 
 
+def study_lock(study: optuna.Study, lock_path: Path):
+    """Take the lock every worker of the study claims trials under -> its release function. On a
+    Postgres storage a session advisory lock keyed by the study name, which holds for workers on every
+    machine sharing the database; otherwise an flock on lock_path (the workers of one machine)."""
+    backend = getattr(study._storage, "_backend", study._storage)  # RDBStorage comes wrapped in a cache
+    engine = getattr(backend, "engine", None)
+    if engine is not None and engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        key = int.from_bytes(hashlib.sha256(study.study_name.encode()).digest()[:8], "big", signed=True)
+        con = engine.connect()
+        con.execute(text("select pg_advisory_lock(:k)"), {"k": key})
+
+        def unlock() -> None:
+            con.execute(text("select pg_advisory_unlock(:k)"), {"k": key})
+            con.close()
+
+        return unlock
+    f = open(lock_path, "a")  # noqa: SIM115 - closed by the release function
+    fcntl.flock(f, fcntl.LOCK_EX)
+
+    def unflock() -> None:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+    return unflock
+
+
+def wait_running(study: optuna.Study, deadline: float | None = None, poll_s: float = 1.0) -> None:
+    """Wait while trials of the study run elsewhere (stages on other machines sharing it on a database),
+    so the best trial is read from the whole budget. A trial whose worker died stops beating and is
+    failed here (then retried by a live worker); deadline: epoch seconds after which not to wait."""
+    import time
+
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if deadline is not None and time.time() >= deadline:
+            return
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(poll_s)
+
+
 def run_one(study: optuna.Study, objective, n_trials: int, lock_path: Path) -> bool:
     """Run one more trial if the budget allows: finished + running trials < n_trials.
-    The count and Optuna's ask happen under one lock, so parallel workers never overshoot;
-    the objective releases it as soon as its trial exists. -> False when the budget is spent."""
-    f = open(lock_path, "a")
-    fcntl.flock(f, fcntl.LOCK_EX)
+    The count and Optuna's ask happen under one lock (study_lock: across machines on Postgres), so
+    parallel workers never overshoot; the objective releases it as soon as its trial exists.
+    -> False when the budget is spent."""
+    unlock = study_lock(study, lock_path)
     released = False
 
     def release():
         nonlocal released
         if not released:
-            fcntl.flock(f, fcntl.LOCK_UN)
-            f.close()
+            unlock()
             released = True
 
     try:
@@ -290,6 +439,7 @@ class TrialData:
     value_range: Any
     classes: list[str]
     feature_shape: list[int]
+    text: dict | None = None  # text data: meta.text (vocab_size ...), which the transformer's spec needs
 
     @property
     def n_classes(self) -> int:
@@ -399,9 +549,16 @@ def write_best(path: Path, payload: dict) -> None:
     write_json(path, payload)
 
 
+def cap_epochs(cfg: Config) -> Config:
+    """cfg with train.epochs at most train.max_epochs (a time budget's cap, tuned counts included)."""
+    m = cfg.train.max_epochs
+    return cfg if m is None or cfg.train.epochs <= m else apply_overrides(cfg, {"train.epochs": m}, "train.max_epochs")
+
+
 def apply_best(cfg: Config, path: Path, data_hash: str | None = None) -> Config:
     """cfg with the tuned overrides of best_params.json, if the file exists and was tuned on
-    this data; otherwise cfg unchanged."""
+    this data (otherwise cfg unchanged); train.epochs capped at train.max_epochs either way."""
+    cfg = cap_epochs(cfg)
     path = Path(path)
     if not path.exists():
         return cfg
@@ -417,4 +574,4 @@ def apply_best(cfg: Config, path: Path, data_hash: str | None = None) -> Config:
             stacklevel=2,
         )
         return cfg
-    return apply_overrides(cfg, payload.get("overrides", {}), str(path))
+    return cap_epochs(apply_overrides(cfg, payload.get("overrides", {}), str(path)))

@@ -22,6 +22,14 @@ out = Console()
 
 PARAMS = typer.Option("params.yaml", "--params", "-p", help="Config file (shared with DVC).")
 SETS = typer.Option(None, "--set", "-s", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
+BUDGET = typer.Option(
+    None,
+    "--budget",
+    "-b",
+    help="Wall-time budget of the run, e.g. 90s, 15m, 1h (overrides budget.minutes): the stages are planned "
+    "inside it, start-up included; a re-run after a kill resumes it and spends only what is left.",
+)
+VERBOSE = typer.Option(False, "--verbose", "-v", help="On failure, print the full traceback and Prefect's logs.")
 NO_WAIT = typer.Option(
     False,
     "--no-wait",
@@ -43,6 +51,32 @@ def _env() -> None:
         os.environ.setdefault(k, v)
 
 
+def _fail_logged(e: Exception, verbose: bool, code: int = 2) -> None:
+    """One error line naming the traceback's log file (.mlpipe/logs/); --verbose prints the traceback too."""
+    import traceback
+
+    from rich.markup import escape
+
+    log = getattr(e, "mlpipe_log", None)
+    if log is None:  # failed before the flow could record it
+        from flows.paths import Paths
+
+        logs = Paths(Path.cwd()).run_logs
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"run-{os.getpid()}.log"
+        log.write_text("".join(traceback.format_exception(e)))
+    if verbose:
+        err.print("".join(traceback.format_exception(e)), highlight=False, markup=False, soft_wrap=True)
+    msg = str(e) if code == 2 else f"{type(e).__name__}: {e}"
+    err.print(
+        f"[bold red]error:[/] {escape(msg)} [dim](traceback: {escape(str(log))})[/]",
+        highlight=False,
+        markup=True,
+        soft_wrap=True,
+    )
+    raise typer.Exit(code)
+
+
 def _fail(e: Exception) -> None:
     from rich.markup import escape
 
@@ -50,6 +84,33 @@ def _fail(e: Exception) -> None:
         f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True
     )  # messages may hold [brackets]
     raise typer.Exit(2)
+
+
+def _quiet_prefect_failures() -> None:
+    """Prefect logs a failed task and flow run at ERROR with its traceback (prefect.task_runs,
+    prefect.flow_runs, through the root logger's console handler), then 'Finished in state Failed',
+    before our own error line: keep those records off the console (Prefect's API handler, and so its
+    UI, still gets them)."""
+    import logging
+
+    def console_filter(record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            return True
+        return record.levelno < logging.ERROR and not str(record.msg).startswith("Finished in state Failed")
+
+    for h in logging.getLogger().handlers:
+        if type(h).__name__ == "PrefectConsoleHandler":
+            h.addFilter(console_filter)
+
+
+def _budget(text: str | None) -> float | None:
+    from components.budget import parse_duration
+    from components.errors import MlpipeError
+
+    try:
+        return None if text is None else parse_duration(text)
+    except MlpipeError as e:
+        _fail(e)
 
 
 def _config(params: Path, sets: list[str] | None):
@@ -62,25 +123,68 @@ def _config(params: Path, sets: list[str] | None):
         _fail(e)
 
 
+def _use_served_prefect() -> str | None:
+    """With no PREFECT_API_URL set, a run in a folder where `mlpipe serve` runs a healthy Prefect server
+    uses that server instead of starting Prefect's temporary one (seconds of every run) -> its URL."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    import urllib.request
+
+    from flows.paths import Paths
+    from flows.servers import running
+
+    server = running(Paths(Path.cwd())).get("prefect")
+    if server is None:
+        return None
+    try:
+        with urllib.request.urlopen(server.url + "/health", timeout=2) as r:
+            if r.status != 200:
+                return None
+    except OSError:  # a stale pid file, or the server is stopping: the temporary server it is
+        return None
+    os.environ["PREFECT_API_URL"] = server.url
+    return server.url
+
+
 @app.command()
 def run(
     params: Path = PARAMS,
     sets: Optional[list[str]] = SETS,
     refresh: bool = typer.Option(False, "--refresh", help="Ignore cached stage results and run every stage."),
     no_wait: bool = NO_WAIT,
+    budget: Optional[str] = BUDGET,
+    verbose: bool = VERBOSE,
 ):
-    """Run the whole pipeline as a Prefect flow and print a summary."""
+    """Run the whole pipeline as a Prefect flow and print a summary. A failure ends with one error line;
+    the full traceback is in .mlpipe/logs/ and on the MLflow run (--verbose prints it)."""
+    import time
+
+    started = time.time()
     _env()
+    budget_s = _budget(budget)
     _config(params, sets)  # fail fast, before Prefect starts
+    served = _use_served_prefect()  # before Prefect is imported: it reads the setting once
+    if served:
+        out.print(f"Prefect: the server of `mlpipe serve` at {served}", highlight=False)
     from components.errors import MlpipeError
     from flows.pipeline import pipeline
 
+    if not verbose:
+        _quiet_prefect_failures()
     try:
         result = pipeline(
-            params=str(params), overrides=list(sets or []), root=str(Path.cwd()), refresh=refresh, wait=not no_wait
+            params=str(params),
+            overrides=list(sets or []),
+            root=str(Path.cwd()),
+            refresh=refresh,
+            wait=not no_wait,
+            budget_s=budget_s,
+            started=started,
         )
     except MlpipeError as e:
-        _fail(e)
+        _fail_logged(e, verbose)
+    except Exception as e:  # noqa: BLE001 - a bug or a broken tool: still one line, the traceback in the log
+        _fail_logged(e, verbose, code=1)
     table = Table(title="mlpipe run", show_header=False)
     table.add_column()
     table.add_column(overflow="fold")  # long links wrap whole instead of being cut to an ellipsis
@@ -124,7 +228,11 @@ def stage(
 
 @app.command()
 def predict(
-    input: Path = typer.Argument(..., help="An .npz (array X), a CSV of feature columns, or a folder of images."),
+    input: Path = typer.Argument(
+        ...,
+        help="An .npz (array X), a CSV of feature columns, or a folder of images; for a text model, "
+        "a .txt file (one text per line) or a CSV/parquet with the text column (data.text_column or 'text').",
+    ),
     model: str = typer.Option(
         ..., "--model", "-m", help="Model URI: models:/NAME@champion, models:/NAME/VERSION, runs:/ID/model."
     ),
@@ -152,7 +260,7 @@ def predict(
         tracking.setup(cfg.tracking if cfg else TrackingConfig(), Path.cwd())
         clf = registry.load(model)
         shape = registry.input_shape(clf)
-        names, X = read_inputs(input, shape, data.label_column, data.max_pixels, skipped)
+        names, X = read_inputs(input, shape, data.label_column, data.max_pixels, skipped, data.text_column)
         pred = clf.predict(X)
         # finite inputs far outside the training range can still overflow the logits
         conf = pred["confidence"].to_numpy()
@@ -180,10 +288,15 @@ def deploy(
     image: Optional[str] = typer.Option(
         None, "--image", help="Docker/Kubernetes pools: the project image (infra/Dockerfile)."
     ),
+    budget: Optional[str] = BUDGET,
 ):
     """Create the Prefect deployment mlpipe/<schedule.name> (cron + timezone from params.yaml). Without
-    schedule.work_pool it is served here and this command keeps running; with one, it is registered and returns."""
+    schedule.work_pool it is served here and this command keeps running; with one, it is registered and returns.
+    --budget: each scheduled run gets that budget (budget.minutes among the deployment's overrides)."""
     _env()
+    budget_s = _budget(budget)
+    if budget_s is not None:
+        sets = [*(sets or []), f"budget.minutes={budget_s / 60:g}"]
     cfg = _config(params, sets)
     from components.errors import MlpipeError
     from flows import deploy as d

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from components import baseline, data, gate, registry
+from components import baseline, data, gate, registry, textdata
 from components.folds import fold_key
 from flows.paths import Paths
 
@@ -67,7 +67,8 @@ def load_baseline(paths: Paths, ds: data.Prepared) -> tuple[Baseline | None, str
     if m.get("data_hash") != h or f.get("data_hash") != h or not paths.baseline_model.exists():
         return None, "the baseline stage's files are for other data (or missing): no baseline comparison"
     model = baseline.load(paths.baseline_model)
-    test = float((model.predict(ds.X_test)["label"].to_numpy() == ds.y_test).mean())
+    X_test = textdata.model_input(paths.prepared) if ds.meta.kind == "text" else ds.X_test  # text: raw strings
+    test = float((model.predict(X_test)["label"].to_numpy() == ds.y_test).mean())
     folds = tuple(float(a) for a in f["models"][m["best"]])
     scores = gate.Scores(f"baseline {m['best']}", test, folds, f.get("fold_key"))
     return Baseline(m["best"], scores, m["model_key"], float(m["cv_accuracy_std"]), model), None

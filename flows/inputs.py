@@ -23,14 +23,18 @@ def read_inputs(
     label_column: str = "label",
     max_pixels: int = MAX_PIXELS,
     skipped: list[str] | None = None,
-) -> tuple[list[str], np.ndarray]:
+    text_column: str | None = None,
+):
     """-> (a name per row, X of shape (N, *shape) float32, N >= 1, every value finite).
+    A text model (shape ()): -> (line or row numbers, a DataFrame with one column "text"), see read_texts.
 
     A row with NaN or inf is an error naming it; with a `skipped` list it is left out and its name
     appended there instead."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: input not found")
+    if shape == ():
+        return read_texts(path, text_column, label_column)
     if path.is_dir():
         return _read_images(path, shape, max_pixels)
     if path.suffix == ".npz":
@@ -44,6 +48,52 @@ def read_inputs(
     X = to_shape(path, X, shape)
     names = [str(i) for i in range(len(X))]
     return drop_rows(names, X, ~np.isfinite(X.reshape(len(X), -1)).all(1), "with NaN or infinite values", path, skipped)
+
+
+def read_texts(path: Path, text_column: str | None, label_column: str = "label"):
+    """Inputs of a text model: a .txt file (UTF-8, one text per line; blank lines are left out, the others
+    keep their line number from 0) or a CSV/parquet file with a text column (data.text_column, else a
+    column named "text", else the only column of strings besides the label) -> (names, DataFrame "text")."""
+    import pandas as pd
+
+    if path.is_dir() or path.suffix not in (".txt", ".csv", ".parquet"):
+        raise DataError(
+            f"{path}: unsupported input for a text model; expected a .txt file (one text per line) or .csv/.parquet"
+        )
+    if path.suffix == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
+        names = [str(i) for i, t in enumerate(lines) if t.strip()]
+        texts = [t for t in lines if t.strip()]
+    else:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file (no header, no rows)")
+        try:
+            df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+        except Exception as e:  # noqa: BLE001  pandas/pyarrow raise many types for unreadable files
+            raise DataError(f"{path}: cannot read as {path.suffix[1:]} ({type(e).__name__}: {e})") from None
+        texts, names = text_rows(df, path, text_column, label_column), [str(i) for i in range(len(df))]
+    if not texts:
+        raise DataError(f"{path}: no texts to predict")
+    return names, pd.DataFrame({"text": texts})
+
+
+def text_rows(df, path: Path, text_column: str | None, label_column: str = "label") -> list[str]:
+    """A frame's column of texts -> list of str (a missing value is an empty text)."""
+    import pandas as pd
+
+    strings = [c for c in df.columns if c != label_column and not pd.api.types.is_numeric_dtype(df[c])]
+    col = text_column if text_column in df.columns else "text" if "text" in df.columns else None
+    if col is None and len(strings) == 1:
+        col = strings[0]
+    if col is None:
+        raise DataError(
+            f"{path}: no text column: set data.text_column (now {text_column!r}) or name the column 'text'; "
+            f"columns are {list(df.columns)}"
+        )
+    return ["" if pd.isna(v) else str(v) for v in df[col].tolist()]
 
 
 def to_shape(path: Path, X: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

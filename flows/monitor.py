@@ -32,7 +32,7 @@ def report(
         tracking.set_tags({"mlpipe.drift": "no reference sample"}, run_id=run_id)
         return None
     predictor = registry.predictor(model)
-    if len(predictor.shape) == 3:
+    if embeds(predictor):
         ref, cur = drift.principal_components(predictor.embed(reference), current, cfg.drift.embedding_dims)
         found = drift.compare(ref, cur, cfg.drift.threshold, [f"pc{i + 1}" for i in range(ref.shape[1])], "embeddings")
     else:
@@ -46,6 +46,12 @@ def report(
     tracking.set_tags({"mlpipe.drift": "drifted" if found.drifted else "no drift"}, run_id=run_id)
     say(f"drift check: {describe(found, cfg.drift.threshold)}")
     return found
+
+
+def embeds(predictor) -> bool:
+    """Whether drift is checked on penultimate-layer embeddings: images (pixel columns say little one by
+    one) and text (token-id columns say nothing: the Transformer's pooled embedding does)."""
+    return len(predictor.shape) == 3 or getattr(predictor, "encoder", None) is not None
 
 
 def describe(found: drift.DriftResult, threshold: float) -> str:
@@ -77,7 +83,7 @@ def champion_drift(cfg: Config, paths: Paths, run_id: str) -> str:
             shapes = f"{list(predictor.shape)}, the data has {ds.meta.feature_shape}"
             return f"champion v{champion.version} takes shape {shapes}; not compared"
         rows = registry.reference_sample(ds.X_train, cfg.drift.sample_rows)
-        current = predictor.embed(rows) if len(predictor.shape) == 3 else rows.reshape(len(rows), -1)
+        current = predictor.embed(rows) if embeds(predictor) else rows.reshape(len(rows), -1)
         found = report(cfg, model, current, lambda m: None, run_id)
     except Exception as e:  # noqa: BLE001 - a drift check records; it never stops the pipeline
         first = str(e).splitlines()[0] if str(e) else ""

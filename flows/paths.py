@@ -207,6 +207,14 @@ class Paths:
         return self.state / "run.lock"
 
     @property
+    def run_budget(self) -> Path:  # a budgeted run's start, seconds spent and plan; a re-run resumes it
+        return self.state / "budget.json"
+
+    @property
+    def run_logs(self) -> Path:  # a failed `mlpipe run`'s full traceback, one file per failure
+        return self.state / "logs"
+
+    @property
     def cache_dir(self) -> Path:  # per cached stage result: the content hashes of what it wrote
         return self.state / "cache"
 

@@ -33,7 +33,7 @@ from components.data import IMAGE_SUFFIXES, read_image
 from components.errors import DataError
 from components.fileio import atomic_file
 from flows import monitor
-from flows.inputs import drop_rows, image_files, table_features, to_shape
+from flows.inputs import drop_rows, image_files, read_texts, table_features, to_shape
 
 TABLES = (".csv", ".parquet")
 ARRAYS = (".npz", ".npy")
@@ -47,12 +47,21 @@ class Chunk:
 
 
 def read_chunks(
-    path: Path, shape: tuple[int, ...], label_column: str, chunk_rows: int, max_pixels: int
+    path: Path,
+    shape: tuple[int, ...],
+    label_column: str,
+    chunk_rows: int,
+    max_pixels: int,
+    text_column: str | None = None,
 ) -> Iterator[Chunk]:
-    """The input in chunks of at most chunk_rows rows (CSV: about that many)."""
+    """The input in chunks of at most chunk_rows rows (CSV: about that many). A text model (shape ()):
+    chunks of raw strings (X an object array) from a .txt file or a table's text column."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: input not found")
+    if shape == ():  # a text model: raw strings, tokenized by the model
+        yield from _text_chunks(path, text_column, label_column, chunk_rows)
+        return
     if path.is_dir():
         yield from _image_chunks(path, shape, chunk_rows, max_pixels)
         return
@@ -66,6 +75,14 @@ def read_chunks(
         if len(X):
             yield Chunk(np.arange(start, start + len(X), dtype=np.int64), X)
             start += len(X)
+
+
+def _text_chunks(path: Path, text_column: str | None, label_column: str, chunk_rows: int) -> Iterator[Chunk]:
+    """A text file's lines (or a table's text column) in chunks; read whole (texts are small beside images)."""
+    names, df = read_texts(path, text_column, label_column)
+    rows, texts = np.asarray(names, dtype=np.int64), df["text"].to_numpy(dtype=object)
+    for i in range(0, len(rows), chunk_rows):
+        yield Chunk(rows[i : i + chunk_rows], texts[i : i + chunk_rows])
 
 
 def _csv_chunks(path: Path, label_column: str, chunk_rows: int) -> Iterator[np.ndarray]:
@@ -191,8 +208,14 @@ def _schema(folder: bool):
 
 def _predict(chunk: Chunk, predictor, shape, path: Path, skipped: list[str] | None, embed: bool, meta: dict):
     """One chunk -> (its output table, the rows kept for the drift sample: features or embeddings)."""
+    import pandas as pd
     import pyarrow as pa
 
+    if shape == ():  # raw strings: nothing to check here, the model tokenizes them
+        pred, emb = predictor.predict_embed(pd.DataFrame({"text": chunk.X}), embed)
+        cols = {"row": chunk.rows, "label": pred["label"].to_numpy(), "class": pred["class"].to_numpy()}
+        cols |= {"confidence": pred["confidence"].to_numpy()} | {k: [v] * len(chunk.rows) for k, v in meta.items()}
+        return pa.table(cols, schema=_schema(False)), emb if emb is not None else np.zeros((len(chunk.rows), 0))
     X = to_shape(path, chunk.X, shape)
     keep = _keep(chunk, ~np.isfinite(X.reshape(len(X), -1)).all(1), "with NaN or infinite values", path, skipped)
     kept = Chunk(chunk.rows[keep], X[keep], [f for f, k in zip(chunk.files, keep) if k] if chunk.files else None)
@@ -224,7 +247,9 @@ def score(
     ref = registry.resolve(model_uri)
     model = registry.load(f"models:/{ref.name}/{ref.version}" if ref.version else model_uri)
     predictor = registry.predictor(model)
-    embed = cfg.drift.enabled and len(predictor.shape) == 3  # images: drift on penultimate-layer embeddings
+    shape = () if registry.takes_text(model) else predictor.shape  # (): raw strings in
+    embed = cfg.drift.enabled and (len(shape) == 3 or shape == ())  # images, text: drift on embeddings
+    check_drift = cfg.drift.enabled
     skipped: list[str] | None = [] if skip_invalid else None
     sample = drift.Reservoir(cfg.drift.sample_rows, cfg.seed)
     meta = {"model_name": ref.name or "", "model_version": ref.version or ""}
@@ -242,11 +267,11 @@ def score(
         with atomic_file(out) as f:  # a failure below (bad rows, drift with on_drift: fail) leaves no file
             with pq.ParquetWriter(f, _schema(input.is_dir())) as writer:
                 for chunk in read_chunks(
-                    input, predictor.shape, cfg.data.label_column, cfg.score.chunk_rows, cfg.data.max_pixels
+                    input, shape, cfg.data.label_column, cfg.score.chunk_rows, cfg.data.max_pixels, cfg.data.text_column
                 ):
-                    table, rows = _predict(chunk, predictor, predictor.shape, input, skipped, embed, meta)
+                    table, rows = _predict(chunk, predictor, shape, input, skipped, embed, meta)
                     writer.write_table(table)
-                    if cfg.drift.enabled:
+                    if check_drift:
                         sample.add(rows)
                     n += table.num_rows
             if n == 0:
@@ -255,7 +280,7 @@ def score(
             seconds = time.perf_counter() - t0
             result = {"rows": n, "skipped": len(skipped or []), "seconds": round(seconds, 3), "rows_per_s": n / seconds}
             tracking.log_metrics({k: float(v) for k, v in result.items()})
-            found = monitor.report(cfg, model, sample.sample(), say) if cfg.drift.enabled else None
+            found = monitor.report(cfg, model, sample.sample(), say) if check_drift else None
             result |= {"out": str(out), "model": f"{ref.name} v{ref.version}" if ref.version else model_uri}
             result |= {"run_id": run_id, "input_hash": tags["mlpipe.input_hash"]}
             if found is not None:

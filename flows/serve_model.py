@@ -54,7 +54,12 @@ def load_version(ref: registry.ModelRef) -> Served:
     """Load a resolved version fully (files, weights hash, one prediction on zeros) -> Served."""
     uri = f"models:/{ref.name}/{ref.version}" if ref.version else ref.uri
     model = registry.load(uri)
-    model.predict(np.zeros((1, *registry.input_shape(model)), np.float32))  # warm-up; fails here, not on a request
+    if registry.takes_text(model):  # a text model: one raw string
+        import pandas as pd
+
+        model.predict(pd.DataFrame({"text": ["warm-up"]}))
+    else:
+        model.predict(np.zeros((1, *registry.input_shape(model)), np.float32))  # warm-up; fails here, not on a request
     variant = registry.version_tags(ref.name, ref.version).get("variant") if ref.version else None
     return Served(uri, ref.name, ref.version, variant, model)
 

@@ -26,14 +26,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # with two pytest workers, `make test` hands out one file at a time, so the short files fill the gaps
 # at the end instead of one long file running alone.
 SLOWEST_FIRST = [
+    "test_shared_stack.py",
+    "test_multinode.py",
     "test_servers.py",
     "test_dvc.py",
     "test_pipeline.py",
+    "test_text_flow.py",
     "test_shared_postgres.py",
     "test_ddp.py",
     "test_tune_e2e.py",
     "test_imagefolder.py",
     "test_lineage.py",
+    "test_text_bad_input.py",
 ]
 
 

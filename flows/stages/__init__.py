@@ -47,6 +47,12 @@ STAGES = (
             "data.grayscale",
             "data.test_size",
             "data.max_pixels",
+            "data.val_size",  # text: the tokenizer is fitted on the training rows less the early-stopping rows
+            "data.text_column",
+            "data.tokenizer",
+            "data.vocab_size",
+            "data.max_length",
+            "data.lowercase",
         ),
         ("prepared",),
         cached=False,

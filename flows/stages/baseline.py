@@ -9,7 +9,7 @@ import hashlib
 import json
 import time
 
-from components import baseline, data, folds, tracking
+from components import baseline, data, folds, textdata, tracking
 from components.config import Config
 from components.fileio import atomic_dir, write_json
 from flows.paths import Paths
@@ -20,8 +20,7 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
     baseline.enabled false, write reports that say so and no model."""
     with tracking.stage_run("baseline", parent) as run_id:
         t0 = time.perf_counter()
-        ds = data.load_prepared(paths.prepared)
-        m = ds.meta
+        m = data.load_meta(paths.prepared)
         b = cfg.baseline
         tracking.set_tags({"mlpipe.data_hash": m.content_hash})
         if not b.enabled:  # every declared output exists either way (dvc.yaml); no model file
@@ -30,7 +29,9 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
             _write(paths, {"enabled": False, "data_hash": m.content_hash}, {"data_hash": m.content_hash, "models": {}})
             paths.baseline_table.write_text("baseline.enabled: false\n")
             return {"enabled": False}
-        models, skipped = baseline.plan(b.image if m.kind == "image" else b.tabular, b.svc_max_rows, m.n_train)
+        ds = data.load_prepared(paths.prepared, mmap=True)
+        wanted = {"image": b.image, "text": ("tfidf",)}.get(m.kind, b.tabular)
+        models, skipped = baseline.plan(wanted, b.svc_max_rows, m.n_train)
         k = baseline.fold_count(ds.y_train, cfg.cv.folds)
         tracking.log_params({"baseline": cfg.section("baseline"), "folds": k, "kind": m.kind})
 
@@ -47,11 +48,16 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
                 buf({"fold_accuracy": a}, i)
             buf.flush()
 
+        if m.kind == "text":  # TF-IDF on the raw texts of the same split
+            texts = textdata.load_texts(paths.prepared)
+            X_train, X_test = (t["text"].to_numpy(dtype=object) for t in texts)
+        else:
+            X_train, X_test = ds.X_train, ds.X_test
         results = baseline.fit_all(
             models,
-            ds.X_train,
+            X_train,
             ds.y_train,
-            ds.X_test,
+            X_test,
             ds.y_test,
             m.classes,
             k,

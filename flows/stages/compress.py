@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from components import compress, data, measure, models, tracking, train
+import numpy as np
+
+from components import compress, data, measure, models, stream, tracking, train
 from components.config import Config
 from components.fileio import atomic_dir, write_json
 from flows.paths import Paths
@@ -89,17 +91,37 @@ def _log_children(rows: list[dict], parent: str) -> None:
             tracking.log_artifact(r["file"], "variant")
 
 
+def disabled(paths: Paths) -> dict:
+    """compress.enabled false: no data, no model, no measurement. The declared outputs (dvc.yaml) say
+    so; the table names this model.pt and data with no rows, and register considers fp32 alone."""
+    meta = data.load_meta(paths.prepared)
+    with atomic_dir(paths.compressed):  # no variant files of an earlier run stay behind
+        pass
+    paths.compress_dir.mkdir(parents=True, exist_ok=True)
+    table = {"model_hash": file_hash(paths.model_file), "data_hash": meta.content_hash, "enabled": False, "rows": []}
+    write_json(paths.compress_table, table)
+    write_json(paths.compress_metrics, {"enabled": 0})
+    paths.compress_table_md.write_text("compress.enabled: false\n")
+    from PIL import Image  # a blank plot (dvc.yaml plots): matplotlib is not worth importing for it
+
+    Image.new("RGB", (1, 1), "white").save(paths.compress_pareto)
+    tracking.set_tags({"mlpipe.compress": "disabled"})
+    return {"enabled": False}
+
+
 def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
     with tracking.stage_run("compress", parent) as run_id:
-        ds = data.load_prepared(paths.prepared)
+        if not cfg.compress.enabled:
+            return disabled(paths)
+        ds = data.load_prepared(paths.prepared, mmap=True)  # training rows are streamed, never copied
         model, spec, classes = models.load(paths.model_file)
         recipe = train.Recipe(
             cfg, ds.X_train, ds.y_train, ds.meta.kind, ds.meta.value_range
         )  # train's rows and augmentation
         fit = compress.fine_tuner(
-            ds.X_train[recipe.fit_rows],
+            stream.Rows(ds.X_train, recipe.fit_rows),
             ds.y_train[recipe.fit_rows],
-            ds.X_train[recipe.stop_rows],
+            stream.Rows(ds.X_train, recipe.stop_rows),
             ds.y_train[recipe.stop_rows],
             cfg.seed,
             recipe.augmentation(),
@@ -110,12 +132,9 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
             update={"lr": cfg.compress.finetune_lr, "scheduler": "cosine", "patience": 10**6, "keep": "best"}
         )
         train.seed_everything(cfg.seed)
-        calib = ds.X_train[recipe.fit_rows][: cfg.compress.calibration_samples]
-        variants = tuple(cfg.compress.variants) if cfg.compress.enabled else ()
+        calib = np.asarray(ds.X_train[recipe.fit_rows[: cfg.compress.calibration_samples]])
         with atomic_dir(paths.compressed) as tmp:
-            made = compress.build_variants(
-                model, spec, classes, calib, cfg.compress.model_copy(update={"variants": variants}), fit, tcfg, tmp
-            )
+            made = compress.build_variants(model, spec, classes, calib, cfg.compress, fit, tcfg, tmp)
         for v in made:  # the folder was renamed into place
             v["file"] = paths.compressed / Path(v["file"]).name
         rows = [r.to_dict() for r in _measure_all(cfg, ds, model, made, paths.model_file)]

@@ -12,14 +12,14 @@ from flows.paths import Paths
 def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
     """k-fold CV of the tuned config over the training split; mean and std of every metric."""
     with tracking.stage_run("cv", parent) as run_id:
-        ds = data.load_prepared(paths.prepared)
-        m = ds.meta
-        cfg = tune.apply_best(cfg, paths.best_params, m.content_hash)
+        m = data.load_meta(paths.prepared)
         tracking.set_tags({"mlpipe.data_hash": m.content_hash})
-        if not cfg.cv.enabled:  # both declared outputs exist either way (dvc.yaml)
+        if not cfg.cv.enabled:  # both declared outputs exist either way (dvc.yaml); no data is read
             write_json(paths.cv_metrics, {"folds": 0})
             write_json(paths.cv_folds, {"data_hash": m.content_hash, "folds": []})
             return {"folds": 0}
+        cfg = tune.apply_best(cfg, paths.best_params, m.content_hash)
+        ds = data.load_prepared(paths.prepared, mmap=True)  # folds are index views of the mapped rows
         cv.check_folds(ds.y_train, m.classes, cfg.cv.folds)  # before any training
         spec = models.spec_for(cfg.model, m)
         train.set_threads(cfg.train.num_threads)

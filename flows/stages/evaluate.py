@@ -12,7 +12,7 @@ from flows.paths import Paths
 
 def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
     with tracking.stage_run("evaluate", parent):
-        ds = data.load_prepared(paths.prepared)
+        ds = data.load_prepared(paths.prepared, mmap=True)  # the test rows only are read, a batch at a time
         model, _, classes = models.load(paths.model_file)
         proba = evaluate.softmax(train.predict_logits(model, ds.X_test).numpy())
         metrics = {f"test_{k}": v for k, v in evaluate.classification_metrics(ds.y_test, proba).items()}

@@ -21,8 +21,7 @@ def model_hash(paths: Paths) -> str:
 
 def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
     with tracking.stage_run("explain", parent) as run_id:
-        ds = data.load_prepared(paths.prepared)
-        m = ds.meta
+        m = data.load_meta(paths.prepared)
         record = {"data_hash": m.content_hash, "model_hash": model_hash(paths), "run_id": run_id}
         tracking.set_tags({"mlpipe.data_hash": m.content_hash, "mlpipe.model_hash": record["model_hash"]})
         tracking.log_params(cfg.section("explain"))
@@ -31,6 +30,7 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
             with atomic_dir(paths.explain_dir) as tmp:  # the declared output exists either way (dvc.yaml)
                 write_json(tmp / paths.explain_summary.name, {**record, "method": None, "status": why})
             return {"method": None, "status": why}
+        ds = data.load_prepared(paths.prepared, mmap=True)  # explain reads a bounded sample of test rows
         model, _, classes = models.load(paths.model_file)
         a = explain.explain(model, ds.X_test, ds.y_test, m.kind, classes, cfg.explain, m.feature_names)
         summary = {**record, **a.summary(), "config": cfg.section("explain")}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from components import data, gate, measure, registry, tracking
+from components import data, gate, measure, registry, textdata, tracking
 from components.config import Config
 from components.fileio import file_lock, write_json
 from flows import gate_inputs
@@ -37,17 +37,22 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
             "mlpipe.data_hash": ds.meta.content_hash,
             "mlpipe.git_commit": git_commit(paths.root),
         }
+        # a text model takes raw strings (its tokenizer travels inside the package): the gate measures that;
+        # its drift reference is training rows of token ids, which `mlpipe score` embeds as it embeds new texts
+        X_test, tokenizer, reference = ds.X_test, None, ds.X_train
+        if ds.meta.kind == "text":
+            X_test, tokenizer = textdata.model_input(paths.prepared), textdata.tokenizer_file(paths.prepared)
         with file_lock(paths.promote_lock):  # gate + alias move: last writer wins otherwise
             interrupted = registry.decide_interrupted(name)  # versions a killed register stage left undecided
             # same file on the same data (a cached re-run): the existing version, no duplicate
             versions = {
-                r["variant"]: register_variant(name, r, ds.X_test[:5], base_tags, ds.X_train)
+                r["variant"]: register_variant(name, r, X_test[:5], base_tags, reference, tokenizer)
                 for r in rows
                 if r["accepted"]
             }
             chosen, selection = measure.choose(rows, cfg.promote.objective)
             version, uri = versions[chosen["variant"]]
-            acc = _accuracy(uri, ds)
+            acc = _accuracy(uri, ds, X_test)
             champ_acc, notes = None, []
             if abs(acc - chosen["accuracy"]) > 1e-9:
                 notes.append(
@@ -67,8 +72,8 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
                 pick = gate.choose(challenger, base.scores, p.beat_baseline_by, p.fold_confidence)
                 if pick.verdict != "win":
                     passed_over = (version, pick)
-                    version, uri = gate_inputs.register_baseline(name, base, ds.X_test[:5], base_tags)
-                    acc = _accuracy(uri, ds)  # as registered, loaded through its pyfunc
+                    version, uri = gate_inputs.register_baseline(name, base, X_test[:5], base_tags)
+                    acc = _accuracy(uri, ds, X_test)  # as registered, loaded through its pyfunc
                     challenger = gate.Scores(
                         f"v{version} (baseline {base.name})", acc, base.scores.folds, base.scores.fold_key
                     )
@@ -83,7 +88,7 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
                 notes.append(f"v{version} is already the champion")
             elif champ_v is not None:
                 try:
-                    champ_acc = _accuracy(f"models:/{name}/{champ_v}", ds)
+                    champ_acc = _accuracy(f"models:/{name}/{champ_v}", ds, X_test)
                     champion = gate_inputs.champion_scores(current, champ_acc)
                 except Exception as e:  # noqa: BLE001 - an incompatible champion is reported, not fatal
                     notes.append(
@@ -181,9 +186,10 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
         return out
 
 
-def _accuracy(uri: str, ds: data.Prepared) -> float:
-    """Test accuracy of a registered version, loaded as a user loads it."""
-    pred = registry.load(uri).predict(ds.X_test)
+def _accuracy(uri: str, ds: data.Prepared, X_test=None) -> float:
+    """Test accuracy of a registered version, loaded as a user loads it (X_test: its input, when not
+    ds.X_test: a text model's raw strings)."""
+    pred = registry.load(uri).predict(ds.X_test if X_test is None else X_test)
     return float((pred["label"].to_numpy() == ds.y_test).mean())
 
 
@@ -195,8 +201,11 @@ def candidates(paths: Paths, model_hash: str, data_hash: str, fp32_accuracy: flo
     if table.exists():
         t = json.loads(table.read_text())
         if t.get("model_hash") == model_hash and t.get("data_hash") == data_hash:
-            return t["rows"], None
-        note = "variant table is for another model.pt or data; only fp32 considered"
+            if t["rows"]:
+                return t["rows"], None
+            note = "compress.enabled was false"  # the compress stage measured nothing (flows/stages/compress.py)
+        else:
+            note = "variant table is for another model.pt or data; only fp32 considered"
     size = paths.model_file.stat().st_size
     fp32 = {
         "variant": "fp32",
@@ -221,13 +230,15 @@ def version_tags(row: dict) -> dict:
     return tags
 
 
-def register_variant(name: str, row: dict, example, base_tags: dict, reference=None) -> tuple[str, str]:
+def register_variant(
+    name: str, row: dict, example, base_tags: dict, reference=None, tokenizer: Path | None = None
+) -> tuple[str, str]:
     """Register one accepted variant (or find the version already holding this exact file on
-    this data) -> (version, model URI)."""
+    this data) -> (version, model URI). tokenizer: a text model's, shipped inside the package."""
     h = file_hash(Path(row["file"]))
     existing = registry.find_version(name, {"mlpipe.model_hash": h, "mlpipe.data_hash": base_tags["mlpipe.data_hash"]})
     if existing is not None:
         return str(existing.version), f"models:/{name}/{existing.version}"
-    uri = registry.log_model(Path(row["file"]), example, reference)  # reference: training rows for drift checks
+    uri = registry.log_model(Path(row["file"]), example, reference, tokenizer)  # reference: rows for drift checks
     version = registry.register(uri, name, {**base_tags, "mlpipe.model_hash": h, **version_tags(row)})
     return version, uri

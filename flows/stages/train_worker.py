@@ -11,7 +11,8 @@ which is also the entry point for several nodes:
         --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m flows.stages.train_worker --params params.yaml
 
 Only rank 0 logs to MLflow (to --run-id, or a train run of its own when started without one),
-saves checkpoints and writes the model file. Multi-node needs models/ on a shared filesystem."""
+saves checkpoints and writes the model file. Multi-node needs models/ (checkpoints, model file) on a
+shared filesystem, mounted on every node (at any path), and data/prepared on every node: infra/OPERATING.md."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ OPERATIONAL = (
     "num_threads",
     "compile",
     "deterministic",
+    "gpus_per_run",
+    "max_epochs",  # a cap shows in epochs, which the key holds
 )
 
 

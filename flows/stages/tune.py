@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -54,11 +55,26 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
                 }
             )
             arch = models.spec_for(cfg.model, meta)["arch"]
-            tune.enqueue_default(study, cfg, arch)
+            tune.enqueue_default(study, cfg, arch, paths.budget_lock(name))
             n = min(cfg.tune.n_workers, max(todo, 0))
-            if n >= 1:
-                launch_workers(cfg, paths, name, n, run_id, parent, tracking.resolve_uri(cfg.tracking, paths.root))
+            deadline = study_deadline(study, cfg)
+            if n >= 1 and (deadline is None or time.time() < deadline):
+                launch_workers(
+                    cfg, paths, name, n, run_id, parent, tracking.resolve_uri(cfg.tracking, paths.root), deadline
+                )
+            if cfg.tune.storage:  # stages on other machines may still run trials of this study: they count
+                tune.wait_running(study, deadline)
+        if deadline is not None and not tune.counts(study)["complete"]:  # the budget ended every trial early
+            tune.write_best(paths.best_params, tune.untuned(meta.content_hash))
+            tracking.set_tags({"mlpipe.budget.degraded": "tune: no trial completed inside the study timeout"})
+            return {"tuned": False, "study": None, "reason": "no trial completed inside tune.timeout_s"}
         return finish(cfg, paths, study, meta.content_hash, retried, before, parent)
+
+
+def study_deadline(study, cfg: Config) -> float | None:
+    """Epoch seconds at which this stage stops starting trials (and prunes running ones after their
+    epoch): tune.timeout_s from now. A budgeted run that resumes plans it again from what is left."""
+    return None if cfg.tune.timeout_s is None else time.time() + cfg.tune.timeout_s
 
 
 def finish(
@@ -110,7 +126,14 @@ def _describe_exit(rc: int) -> str:
 
 
 def launch_workers(
-    cfg: Config, paths: Paths, name: str, n: int, tune_run_id: str, pipeline_run_id: str | None, uri: str
+    cfg: Config,
+    paths: Paths,
+    name: str,
+    n: int,
+    tune_run_id: str,
+    pipeline_run_id: str | None,
+    uri: str,
+    deadline: float | None = None,
 ) -> None:
     """n workers on one study, each with cores // n torch threads: worker 0 in this process
     (already past its imports), workers 1..n-1 as processes, which start while worker 0 runs
@@ -133,6 +156,7 @@ def launch_workers(
                 "pipeline_run_id": pipeline_run_id,
                 "tracking_uri": uri,
                 "threads": threads,
+                "deadline": deadline,
             },
         )
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -142,7 +166,7 @@ def launch_workers(
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        tune_worker.run_worker(cfg, paths, name, 0, tune_run_id, pipeline_run_id)
+        tune_worker.run_worker(cfg, paths, name, 0, tune_run_id, pipeline_run_id, deadline, progress=True)
         codes = [p.wait() for p in procs]
     finally:
         torch.set_num_threads(before)

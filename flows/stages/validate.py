@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components import data, tracking, validate
+from components import data, textdata, tracking, validate
 from components.config import Config
 from components.fileio import write_json
 from flows.paths import Paths
@@ -11,9 +11,10 @@ from flows.paths import Paths
 def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
     """Fails (ValidationFailed) when the suite fails; the report is written and logged first."""
     with tracking.stage_run("validate", parent):
-        ds = data.load_prepared(paths.prepared)
+        ds = data.load_prepared(paths.prepared, mmap=True)  # the checks read the rows a chunk at a time
         docs = paths.validation_docs
-        report = validate.validate(ds, cfg.validate_, docs_dir=docs)
+        texts = textdata.load_texts(paths.prepared) if ds.meta.kind == "text" else None
+        report = validate.validate(ds, cfg.validate_, docs_dir=docs, texts=texts)
         write_json(paths.validation_report, {"data_hash": ds.meta.content_hash, **report.to_dict()})
         tracking.log_metrics({"expectations": report.n_expectations, "failed": len(report.failures)})
         tracking.set_tags(

@@ -28,6 +28,10 @@ FIGURES = {
         r"\| table50k \| [\d.]+ \(logreg\) \| [\d.]+ \| [\d.]+ \| (network|baseline) x1 \| [+-][\d.]+ \| [\d.]+ ",
         r"baseline stage: [\d.]+ s mean over 1 runs",
     ],
+    "budget": [
+        r'"dataset": "images", "budget_s": 75.0, "wall_s": [\d.]+, "wall_over_budget": [\d.]+',
+        r"\| images \| 75 s \| \d+ s \| [\d.]+ \| [\d.]+ \|",
+    ],
     "compress": [
         r"\| int8 onnxruntime static \(pipeline\) \| [\d.]+ \|",
         r"\| structured \(pipeline\) \|",
@@ -35,7 +39,15 @@ FIGURES = {
     ],
     "cv_configs": [r'"cv_accuracy": [\d.]+', r"default +mean [\d.]+"],
     "gpu": [r'"samples_s_steady": [\d.]+'],
+    "multinode": [
+        r'"bench": "multinode", "repeat": 0, "1x2": \{"wall_s": [\d.]+, "train_s": [\d.]+, "test_accuracy": [\d.]+\}',
+        r"2 nodes x 1 rank / 1 node x 2 ranks, wall: median [\d.]+x",
+    ],
     "pipeline": [r"wall \(seed 0, n=1\): median [\d.]+ s", r"test accuracy: seed 0 \[[\d.]+\]"],
+    "overhead": [
+        r'"bench": "overhead", "kind": "table", "n": 2000, .*"ratio_wall": \{"median": [\d.]+',
+        r"table 2,000: pipeline/plain wall [\d.]+x .*peak RSS pipeline \d+ MB, plain \d+ MB",
+    ],
     "stack": [r"WAL +: writes median [\d.]+ s", r"rollback-journal / WAL write time \(medians\): [\d.]+x"],
     "serving": [
         r'"bench": "latency", "server": "mlpipe serve-model".*"failed": 0, "req_s": [\d.]+, "p50_ms": [\d.]+',
@@ -43,6 +55,19 @@ FIGURES = {
         r'"bench": "score", "input": "csv", "rows": 3000,.*"peak_rss_mb": [\d.]+',
     ],
     "tracking": [r"mlpipe stage ingest: [\d.]+ s wall, [1-9]\d* requests", r"POST /api/2.0/mlflow/runs/create"],
+    "text_data": [
+        r"dataset: [1-9]\d* paragraphs, 7 families",
+        r"tfidf\+logreg over 1 seeds: test accuracy [\d.]+ \+- [\d.]+, macro F1 [\d.]+",
+    ],
+    "text_model": [
+        r'"bench": "text-overhead-summary".*"recipe_no_buckets_over_bare": \{"median": [\d.]+',
+        r'"bench": "text-int8-summary".*"accuracy_drop_points": -?[\d.]+.*"pt_over_int8_size": [\d.]+',
+    ],
+    "text_pipeline": [
+        r'"bench": "text-pipeline-seed".*"transformer": \{"accuracy": [\d.]+.*"tfidf": \{"accuracy": [\d.]+',
+        r"promoted Transformer over 1 seeds: test accuracy [\d.]+ \+- [\d.]+, macro F1 [\d.]+",
+    ],
+    "vit": [r"\| digits \| vit \| [\d.]+ \+- [\d.]+ \| [\d.]+ \+- [\d.]+ \|", r"\| shapes32 \| cnn \| [\d.]+ "],
     "train": [
         r'"bench": "overhead".*"ratio_wall": \{"median": [\d.]+',
         r'"bench": "memmap".*"peak_rss_gb": [\d.]+',
@@ -62,6 +87,8 @@ FIGURES = {
 # baseline: 20 s alone (27 s with loadavg 4-5): every stage on a 400-row table
 SLOWEST_FIRST = [
     "pipeline",
+    "overhead",
+    "budget",
     "baseline",
     "train",
     "serving",
@@ -69,8 +96,13 @@ SLOWEST_FIRST = [
     "tune",
     "tracking",
     "compress",
+    "multinode",
     "gpu",
     "cv_configs",
+    "text_data",
+    "text_model",
+    "text_pipeline",
+    "vit",
 ]
 
 

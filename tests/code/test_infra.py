@@ -2,7 +2,8 @@
 
 Compose: the services, credentials only from the environment with `${VAR:?}` (compose refuses
 to start while one is unset), every variable named in .env.example, ports on loopback.
-Kubernetes: credentials only through secretKeyRef. No literal secret anywhere in infra/."""
+Kubernetes: credentials only through secretKeyRef; every manifest valid against the Kubernetes API schemas
+(kubernetes-validate, strict, as `make lint` runs it). No literal secret anywhere in infra/."""
 
 from __future__ import annotations
 
@@ -143,3 +144,63 @@ def test_prefect_yaml_matches_params_schedule():
         module, fn = dep["entrypoint"].split(":")
         assert (REPO / module).exists() and f"def {fn}(" in (REPO / module).read_text()
         assert [(s["cron"], s["timezone"]) for s in dep["schedules"]] == [(cfg.schedule.cron, cfg.schedule.timezone)]
+
+
+# ---- the Kubernetes manifests against the API schemas (what `make lint` runs) -------------------------
+
+
+def _k8s_version() -> str:
+    """The Kubernetes version `make lint` validates against (K8S_VERSION in the Makefile)."""
+    m = re.search(r"^K8S_VERSION \?= (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    assert m, "K8S_VERSION is not set in the Makefile"
+    return m.group(1)
+
+
+def _schema_errors(doc: dict) -> str | None:
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, _k8s_version(), strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return f"{'.'.join(map(str, e.path))}: {e.message}"
+    return None
+
+
+def test_k8s_manifests_pass_the_schema_check():
+    docs = _k8s_docs()
+    assert len(docs) >= 8
+    assert [(d["kind"], _schema_errors(d)) for d in docs if _schema_errors(d)] == []
+    assert "kubernetes-validate --strict" in (REPO / "Makefile").read_text()  # and `make lint` runs it
+
+
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (lambda c, job: c.update(comand=c.pop("command")), "'comand' was unexpected"),  # a misspelled key
+        (lambda c, job: job["spec"].update(completions="two"), "'two' is not of type 'integer'"),
+        (lambda c, job: c.pop("image") and c.pop("name"), "'name' is a required property"),
+        (lambda c, job: job["spec"]["template"]["spec"].update(volumes={"name": "work"}), "is not of type 'array'"),
+    ],
+)
+def test_a_broken_manifest_fails_the_schema_check(breakage, expected):
+    import copy
+
+    job = copy.deepcopy(next(d for d in _k8s_docs() if d["kind"] == "Job"))
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    breakage(container, job)
+    err = _schema_errors(job)
+    assert err is not None and expected in err, err
+
+
+def test_the_schema_check_cli_exits_nonzero_on_a_broken_file(tmp_path):
+    import subprocess
+
+    from tests.conftest import BIN
+
+    bad = tmp_path / "job.yaml"
+    bad.write_text((INFRA / "k8s" / "torchrun-job.yaml").read_text().replace("completionMode:", "completionMod:"))
+    cmd = [str(BIN / "kubernetes-validate"), "--strict", "--quiet", "-k", _k8s_version()]
+    good = subprocess.run([*cmd, *map(str, sorted((INFRA / "k8s").glob("*.yaml")))], capture_output=True, text=True)
+    assert good.returncode == 0, good.stdout + good.stderr
+    broken = subprocess.run([*cmd, str(bad)], capture_output=True, text=True)
+    assert broken.returncode != 0 and "completionMod" in broken.stdout + broken.stderr, broken
