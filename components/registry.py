@@ -151,9 +151,10 @@ def sklearn_requirements() -> list[str]:
 
 
 def reference_sample(X: np.ndarray, n: int = REFERENCE_ROWS) -> np.ndarray:
-    """n rows drawn without replacement (seeded, in their original order), float32."""
+    """n rows drawn without replacement (seeded, in their original order), float32; integer rows (a text
+    model's token ids, which its embedding takes as they are) keep their integer type."""
     rows = np.sort(np.random.default_rng(0).choice(len(X), n, replace=False)) if len(X) > n else slice(None)
-    return np.asarray(X[rows], dtype=np.float32)
+    return np.asarray(X[rows], dtype=X.dtype if np.issubdtype(X.dtype, np.integer) else np.float32)
 
 
 def load(uri: str):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components import data, drift, registry, tracking
+from components import data, drift, registry, textdata, tracking
 from components.config import Config
 from flows.paths import Paths
 
@@ -79,11 +79,16 @@ def champion_drift(cfg: Config, paths: Paths, run_id: str) -> str:
         if registry.reference(model) is None:  # registered before drift checks, or a baseline
             return f"champion v{champion.version} carries no reference sample; not compared"
         predictor = registry.predictor(model)
-        if tuple(predictor.shape) != tuple(ds.meta.feature_shape):
-            shapes = f"{list(predictor.shape)}, the data has {ds.meta.feature_shape}"
-            return f"champion v{champion.version} takes shape {shapes}; not compared"
-        rows = registry.reference_sample(ds.X_train, cfg.drift.sample_rows)
-        current = predictor.embed(rows) if embeds(predictor) else rows.reshape(len(rows), -1)
+        if ds.meta.kind == "text" and getattr(predictor, "encoder", None) is not None:
+            # raw texts, tokenized by the champion's own tokenizer: the new ingest's token ids may mean other tokens
+            texts = textdata.model_input(paths.prepared, "train")
+            current = predictor.embed(texts.sample(min(len(texts), cfg.drift.sample_rows), random_state=0))
+        else:
+            if tuple(predictor.shape) != tuple(ds.meta.feature_shape):
+                shapes = f"{list(predictor.shape)}, the data has {ds.meta.feature_shape}"
+                return f"champion v{champion.version} takes shape {shapes}; not compared"
+            rows = registry.reference_sample(ds.X_train, cfg.drift.sample_rows)
+            current = predictor.embed(rows) if embeds(predictor) else rows.reshape(len(rows), -1)
         found = report(cfg, model, current, lambda m: None, run_id)
     except Exception as e:  # noqa: BLE001 - a drift check records; it never stops the pipeline
         first = str(e).splitlines()[0] if str(e) else ""

@@ -1,7 +1,8 @@
 """Text and Transformers through the whole flow (issue 19): `mlpipe run` on a small generated text CSV with
 tune, cv and compress on (small budgets) ends with a promoted champion that takes raw strings, through
 `mlflow.pyfunc`, `mlflow models serve` (a real subprocess) and `mlpipe predict` on a .txt file; and a ViT on
-digits through the flow. One run of each, shared by the module's tests."""
+digits through the flow; `mlpipe score` drift on text embeddings; `dvc repro` on a text source. One text run,
+shared by the module's tests."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from flows import servers
+from flows.cli import app
 from tests.conftest import BIN, REPO, cli, client_for, write_params
 from tests.e2e.test_dvc import ran, sh
 from tests.e2e.test_serve_model import http
@@ -159,7 +162,7 @@ def test_mlflow_models_serve_and_mlpipe_predict_answer_raw_strings(text_run, cha
         servers.stop(pid)
 
 
-def test_mlpipe_score_flags_drift_of_text_embeddings(text_run):
+def test_mlpipe_score_flags_drift_of_text_embeddings(text_run, monkeypatch):
     """`mlpipe score` on texts checks drift on the model's penultimate-layer (pooled) embeddings against the
     training rows logged with the version: new texts of the same kind pass, texts of other words are flagged."""
     root, _ = text_run
@@ -168,11 +171,13 @@ def test_mlpipe_score_flags_drift_of_text_embeddings(text_run):
     shifted = [" ".join(rng.choice(other, 7)) for _ in range(120)]
     texts(40, seed=1).to_csv(root / "same.csv", index=False)
     pd.DataFrame({"text": shifted}).to_csv(root / "shifted.csv", index=False)
+    monkeypatch.chdir(root)  # the CLI in-process (tests/e2e/test_score.py): no interpreter start per command
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for name, want in (("same.csv", "drift check: no drift"), ("shifted.csv", "drift check: DRIFTED")):
-        r = cli("score", name, "--out", f"{name}.parquet", "--model", f"models:/{NAME}@champion", cwd=root)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        assert want in " ".join(r.stdout.split()), (name, r.stdout[-2000:])
-        assert "embeddings columns" in " ".join(r.stdout.split())
+        r = CliRunner().invoke(app, ["score", name, "--out", f"{name}.parquet", "--model", f"models:/{NAME}@champion"])
+        said = " ".join(r.output.split())
+        assert r.exit_code == 0, said[-3000:]
+        assert want in said and "embeddings columns" in said, (name, said[-3000:])
         assert len(pd.read_parquet(root / f"{name}.parquet")) == 120
 
 
