@@ -51,7 +51,8 @@ FIGURES = {
     "stack": [r"WAL +: writes median [\d.]+ s", r"rollback-journal / WAL write time \(medians\): [\d.]+x"],
     "serving": [
         r'"bench": "latency", "server": "mlpipe serve-model".*"failed": 0, "req_s": [\d.]+, "p50_ms": [\d.]+',
-        r'"bench": "swap", "alias_moves": 2, "requests": 60, "failed": 0,.*"wrong_version": 0',
+        r'"bench": "swap", "consistent": true, "alias_moves": 2, "requests": 60, "failed": 0,.*"wrong_version": 0, '
+        r'"not_champion_while_answered": 0,',
         r'"bench": "score", "input": "csv", "rows": 3000,.*"peak_rss_mb": [\d.]+',
     ],
     "tracking": [r"mlpipe stage ingest: [\d.]+ s wall, [1-9]\d* requests", r"POST /api/2.0/mlflow/runs/create"],
