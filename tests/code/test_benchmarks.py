@@ -108,15 +108,17 @@ SLOWEST_FIRST = [
 
 
 @pytest.fixture(scope="module")
-def smoke_runs(request, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, float]]:
-    """The smoke run of every module this session selected, two at a time -> {name: (process, seconds)}."""
+def smoke_runs(request, tmp_path_factory, prefect_api) -> dict[str, tuple[subprocess.CompletedProcess, float]]:
+    """The smoke run of every module this session selected, two at a time -> {name: (process, seconds)}.
+    Their `mlpipe run`s share this worker's Prefect server (as under `mlpipe serve`) instead of each
+    starting Prefect's temporary one: the figures of a smoke run mean nothing anyway."""
     wanted = {
         item.callspec.params["name"]
         for item in request.session.items
         if item.path == request.path and hasattr(item, "callspec")
     }
     scratch = tmp_path_factory.mktemp("bench")
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PREFECT_API_URL": prefect_api}
     # two runs at a time on two cores: one torch thread each (a stage may still ask for more)
     env.update(
         MLPIPE_BENCH_DIR=str(scratch),
