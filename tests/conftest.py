@@ -32,6 +32,7 @@ SLOWEST_FIRST = [
     "test_dvc.py",
     "test_pipeline.py",
     "test_text_flow.py",
+    "test_budget_e2e.py",
     "test_shared_postgres.py",
     "test_ddp.py",
     "test_tune_e2e.py",
