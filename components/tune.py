@@ -272,23 +272,18 @@ def default_params(cfg: Config, arch: str) -> dict[str, Any] | None:
         "depth": depth,
         "aug_strength": 1.0,
     }
-    inside = (
-        widths == shape
-        and width in t.width
-        and p["batch_size"] in t.batch_size
-        and all(
-            lo <= p[k] <= hi
-            for k, (lo, hi) in (
-                ("lr", t.lr),
-                ("weight_decay", t.weight_decay),
-                ("epochs", t.epochs),
-                ("dropout", t.dropout),
-                ("depth", t.depth),
-                ("aug_strength", t.aug_strength),
-            )
-        )
+    inside = widths == shape and _in_space(
+        p, t, ("width", "batch_size"), ("lr", "weight_decay", "epochs", "dropout", "depth", "aug_strength")
     )
     return p if inside else None
+
+
+def _in_space(p: dict[str, Any], t, choices: tuple[str, ...], ranges: tuple[str, ...]) -> bool:
+    """Whether p's values lie in the search space: each key in `choices` among tune.<key>'s values,
+    each key in `ranges` within tune.<key>'s (low, high)."""
+    return all(p[k] in getattr(t, k) for k in choices) and all(
+        getattr(t, k)[0] <= p[k] <= getattr(t, k)[1] for k in ranges
+    )
 
 
 def _default_encoder_params(cfg: Config) -> dict[str, Any] | None:
@@ -309,24 +304,11 @@ def _default_encoder_params(cfg: Config) -> dict[str, Any] | None:
         "warmup": cfg.train.warmup if cfg.train.warmup is not None else own,
         "aug_strength": 1.0,
     }
-    inside = (
-        m.ff == p["ff_mult"] * m.d_model
-        and p["ff_mult"] in t.ff_mult
-        and m.d_model in t.d_model
-        and m.heads in t.heads
-        and p["batch_size"] in t.batch_size
-        and all(
-            lo <= p[k] <= hi
-            for k, (lo, hi) in (
-                ("lr", t.lr),
-                ("weight_decay", t.weight_decay),
-                ("epochs", t.epochs),
-                ("dropout", t.dropout),
-                ("layers", t.layers),
-                ("warmup", t.warmup),
-                ("aug_strength", t.aug_strength),
-            )
-        )
+    inside = m.ff == p["ff_mult"] * m.d_model and _in_space(
+        p,
+        t,
+        ("ff_mult", "d_model", "heads", "batch_size"),
+        ("lr", "weight_decay", "epochs", "dropout", "layers", "warmup", "aug_strength"),
     )
     return p if inside else None
 
