@@ -5,11 +5,12 @@ fit, the seconds each stage may use, and every degradation, in words). flows/pip
 plans before tune, cv, train and compress with the time then left, and applies the overrides.
 
 Over budget, a run degrades in this declared order, and never by being stopped:
-  1. fewer tuning trials (a study timeout; below MIN_TRIALS trials' time, none: the best of a resumed
-     study's earlier trials, else the config as written)
+  1. fewer tuning trials (a study timeout), down to MIN_TRIALS: a small budget still tunes
   2. fewer cv folds (down to 2; then no cv)
   3. fewer compression variants (VARIANT_DROP order; then none)
-  4. fewer final-training epochs (down to budget.min_epochs; below that the run goes over, and says so)
+  4. no tuning trials (the best of a resumed study's earlier trials, else the config as written); the
+     run is planned again without them, so cv and compression get back the time tuning held
+  5. fewer final-training epochs (down to budget.min_epochs; below that the run goes over, and says so)
 Validation, evaluation and the promotion gate always run: their time is reserved first. (Before
 all this, flows/pipeline.py leaves out a baseline stage the gate does not use: its cost is unknown
 until it has run.)"""
@@ -124,52 +125,54 @@ def plan(cfg: Config, costs: Costs, left_s: float, budget_s: float, stages: tupl
     """Plan `stages` (those still to run, a suffix of PLANNED) inside left_s seconds.
 
     The tail (evaluate, explain, register) is reserved first; tuning gets what cv, train and
-    compress leave (the bulk, on a budget that holds them), capped by tune.n_trials. When that
-    is too little, the run degrades in the module's declared order until the rest fits."""
+    compress leave (the bulk, on a budget that holds them), capped by tune.n_trials, and at least
+    MIN_TRIALS trials' time while folds and variants can give way. When MIN_TRIALS trials do not fit
+    even then, the run is planned again without tuning (its folds and variants cut only as far as that
+    plan needs). Degradations come in the module's declared order."""
+    tuning = "tune" in stages and cfg.tune.enabled
+    p, fits = _fit(cfg, costs, left_s, budget_s, stages, tuning)
+    if tuning and not fits:
+        p, _ = _fit(cfg, costs, left_s, budget_s, stages, tuning, trials=False)
+    return p
+
+
+def _fit(
+    cfg: Config, costs: Costs, left_s: float, budget_s: float, stages: tuple[str, ...], tuning: bool, trials=True
+) -> tuple[Plan, bool]:
+    """One plan (tuning with at least MIN_TRIALS trials, or with trials=False none) -> (plan, whether it
+    fits without cutting final-training epochs)."""
     p = Plan(budget_s, left_s)
     ep = costs.epoch_s
-    epochs = cfg.train.epochs
-    if "tune" in stages and cfg.tune.enabled:
-        epochs = round(sum(cfg.tune.epochs) / 2)  # the tuned count is not known yet: the range's middle
+    # the tuned epoch count is not known yet: the range's middle
+    epochs = round(sum(cfg.tune.epochs) / 2) if tuning and trials else cfg.train.epochs
     folds = cfg.cv.folds if ("cv" in stages and cfg.cv.enabled) else 0
     variants = [v for v in cfg.compress.variants if cfg.compress.enabled and "compress" in stages]
     train_on = "train" in stages
+    tune_s = 0.0  # seconds held for tuning
 
     def need() -> float:
         models = folds + (1 if train_on else 0)
         return (
-            models * costs.model_s
+            tune_s
+            + models * costs.model_s
             + (folds * epochs + (epochs if train_on else 0)) * ep
             + sum(costs.variant_s.get(v, 0.0) for v in variants)
         )
 
     p.seconds["tail"] = costs.tail_s
     avail = left_s - costs.tail_s
-    # 1. fewer trials
-    if "tune" in stages and cfg.tune.enabled:
+    # 1. fewer trials, down to MIN_TRIALS (held while folds and variants give way)
+    fewer = None  # where the line for fewer trials goes, written once the timeout is known
+    if tuning:
         trial = trial_seconds(cfg, ep, costs.model_s)
         full = cfg.tune.n_trials * trial
-        rest = avail - need()
-        if rest >= full:
-            p.seconds["tune"] = full
-            p.overrides["tune.timeout_s"] = round(rest, 1)  # the n_trials cap normally ends it first
-            p.trials = cfg.tune.n_trials
-        elif rest >= MIN_TRIALS * trial:
-            p.seconds["tune"] = rest
-            p.overrides["tune.timeout_s"] = round(rest, 1)
-            p.trials = int(rest // trial)
-            p.degradations.append(
-                f"tune: about {p.trials} of {cfg.tune.n_trials} trials fit (study timeout {rest:.0f} s, "
-                f"~{trial:.1f} s a trial)"
-            )
-        else:  # no new trials: a resumed study's best so far, else the config as written
-            p.seconds["tune"] = 0.0
-            p.overrides["tune.timeout_s"] = 0
-            p.trials = 0
-            p.degradations.append(
-                f"tune: no trials ({MIN_TRIALS} need ~{MIN_TRIALS * trial:.0f} s, {max(rest, 0):.0f} s left for them)"
-            )
-            epochs = cfg.train.epochs  # untuned: the config's own count
+        if trials:
+            tune_s = min(full, max(avail - need(), MIN_TRIALS * trial))
+            if tune_s < full:
+                fewer = len(p.degradations)
+                p.degradations.append("tune")
+        else:  # 4. no tuning: a resumed study's best so far, else the config as written
+            p.degradations.append(f"tune: no trials ({MIN_TRIALS} need ~{MIN_TRIALS * trial:.0f} s)")
     # 2. fewer folds
     if folds:
         want = folds
@@ -197,7 +200,18 @@ def plan(cfg: Config, costs: Costs, left_s: float, budget_s: float, stages: tupl
             else:
                 p.overrides["compress.enabled"] = False
             p.degradations.append(f"compress: without {', '.join(dropped)}")
-    # 4. fewer epochs
+    fits = need() <= avail
+    if tuning:  # the study timeout: all the time the other stages leave (the n_trials cap normally ends it first)
+        timeout = max(0.0, avail - (need() - tune_s)) if tune_s > 0 else 0.0
+        p.seconds["tune"] = min(timeout, full)
+        p.overrides["tune.timeout_s"] = round(timeout, 1)
+        p.trials = min(cfg.tune.n_trials, int(timeout // trial))
+        if fewer is not None:
+            p.degradations[fewer] = (
+                f"tune: about {p.trials} of {cfg.tune.n_trials} trials fit "
+                f"(study timeout {timeout:.0f} s, ~{trial:.1f} s a trial)"
+            )
+    # 5. fewer epochs
     if train_on and need() > avail:
         fixed = need() - (folds + 1) * epochs * ep  # what fewer epochs cannot save
         least = min(epochs, cfg.budget.min_epochs)  # fewer would not make a model worth registering
@@ -217,7 +231,7 @@ def plan(cfg: Config, costs: Costs, left_s: float, budget_s: float, stages: tupl
         p.degradations.append(
             f"over budget: the smallest run needs ~{need() + costs.tail_s:.0f} s, {left_s:.0f} s were left"
         )
-    return p
+    return p, fits
 
 
 def table(p: Plan, used: dict[str, float] | None = None) -> list[tuple[str, str]]:

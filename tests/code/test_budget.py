@@ -67,13 +67,28 @@ def test_degradations_come_in_the_declared_order_as_the_budget_shrinks(cfg):
     c = costs(cfg)
     order = ["tune", "cv", "compress", "train"]
     seen = []
-    for left in (2000, 600, 200, 120, 90, 60, 45, 35):
+    for left in (2000, 600, 200, 120, 90, 70, 60, 45, 35):
         p = budget.plan(cfg, c, left, left)
         got = declared_order(p)
         assert got == order[: len(got)], (left, p.degradations)  # each one only after all the earlier ones
-        assert len(got) >= len(seen)  # a smaller budget never gives back a degradation
-        seen = got
+        # tuning keeps MIN_TRIALS trials until it is given up as a whole
+        assert p.trials >= budget.MIN_TRIALS or p.degradations[0].startswith("tune: no trials")
+        seen = seen + [d for d in got if d not in seen]
     assert seen == order
+
+
+def test_a_small_budget_still_tunes_and_without_room_for_trials_cv_and_compress_get_the_time_back(cfg):
+    c = costs(cfg)
+    # folds and variants give way so that MIN_TRIALS trials still run
+    p = budget.plan(cfg, c, 70, 70)
+    assert p.trials == budget.MIN_TRIALS and p.overrides["tune.timeout_s"] >= budget.MIN_TRIALS * 7.5
+    assert p.overrides["cv.enabled"] is False and "distilled" not in p.overrides["compress.variants"]
+    # not even MIN_TRIALS fit: no tuning, and the plan without it keeps every variant
+    p = budget.plan(cfg, c, 60, 60)
+    assert p.trials == 0 and p.overrides["tune.timeout_s"] == 0 and p.seconds["tune"] == 0
+    assert p.degradations[0].startswith("tune: no trials")
+    assert "compress.variants" not in p.overrides and "compress.enabled" not in p.overrides
+    assert planned_total(p) <= 60 + 1e-6
 
 
 def test_each_degradation_in_turn(cfg):
@@ -82,12 +97,11 @@ def test_each_degradation_in_turn(cfg):
     p = budget.plan(cfg, c, 200, 200)
     assert p.trials is not None and budget.MIN_TRIALS <= p.trials < cfg.tune.n_trials
     assert "tune.enabled" not in p.overrides
-    # no tuning, fewer folds
-    p = budget.plan(cfg, c, 70, 70)
-    assert p.overrides["tune.timeout_s"] == 0 and p.trials == 0
-    assert p.overrides.get("cv.folds", 0) < cfg.cv.folds or p.overrides.get("cv.enabled") is False
+    # fewer folds, tuning kept at its minimum
+    p = budget.plan(cfg, c, 120, 120)
+    assert p.trials >= budget.MIN_TRIALS and p.overrides["cv.folds"] < cfg.cv.folds
     # variants go most expensive first: distilled, then structured
-    p = budget.plan(cfg, c, 40, 40)
+    p = budget.plan(cfg, c, 45, 45)
     kept = p.overrides.get("compress.variants", [] if p.overrides.get("compress.enabled") is False else None)
     assert kept is not None and "distilled" not in kept
     # fewer epochs, the tuned count capped too
