@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +56,38 @@ def need_service(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI=true: the service is expected)")
     pytest.skip(reason)
+
+
+PG = "postgresql://postgres@127.0.0.1:5432"  # the machine's PostgreSQL (trust auth), here and in CI
+
+
+def pg_admin(sql: str) -> None:
+    """One statement on the server's `postgres` database, autocommit."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    con = psycopg2.connect(f"{PG}/postgres", connect_timeout=5)
+    con.autocommit = True
+    try:
+        con.cursor().execute(sql)
+    finally:
+        con.close()
+
+
+@contextlib.contextmanager
+def postgres_databases(*kinds: str) -> Iterator[dict[str, str]]:
+    """Fresh databases on the local PostgreSQL, one per kind -> {kind: name}; dropped afterwards
+    (WITH (FORCE): a server still connected does not keep one)."""
+    names = {k: f"mlpipe_{k}_{uuid.uuid4().hex[:10]}" for k in kinds}
+    try:
+        pg_admin("select 1")
+    except Exception as e:  # noqa: BLE001
+        need_service(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
+    try:
+        for n in names.values():
+            pg_admin(f'create database "{n}"')
+        yield names
+    finally:
+        for n in names.values():
+            pg_admin(f'drop database if exists "{n}" with (force)')
 
 
 def write_params(folder: Path, **sections) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from optuna.trial import TrialState
 from components import tune
 from components.config import load_config
 from components.errors import ConfigError, MlpipeError
-from tests.conftest import REPO, need_service
+from tests.conftest import PG, REPO, postgres_databases
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -316,21 +315,8 @@ def test_two_workers_share_a_journal_study(tmp_path):
 @pytest.fixture
 def postgres_url():
     """A fresh database on the local PostgreSQL, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
-    except psycopg2.OperationalError as e:
-        need_service(f"no PostgreSQL on 127.0.0.1:5432 ({e})")
-    admin.autocommit = True
-    name = f"mlpipe_tune_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with postgres_databases("tune") as names:
+        yield f"{PG}/{names['tune']}"
 
 
 def test_two_workers_share_a_postgres_study(tmp_path, postgres_url):

@@ -11,27 +11,15 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
-import uuid
 
 import pytest
 
 from flows import servers
-from tests.conftest import BIN, REPO, need_service
+from tests.conftest import BIN, PG, REPO, postgres_databases
 
 pytestmark = pytest.mark.slow
 
-PG = "postgresql://postgres@127.0.0.1:5432"
 PG_MLFLOW = "postgresql+psycopg2://postgres@127.0.0.1:5432"  # SQLAlchemy 2.1 would pick psycopg 3
-
-
-def _admin(sql: str) -> None:
-    psycopg2 = pytest.importorskip("psycopg2")
-    con = psycopg2.connect(f"{PG}/postgres", connect_timeout=5)
-    con.autocommit = True
-    try:
-        con.cursor().execute(sql)
-    finally:
-        con.close()
 
 
 def _query(db: str, sql: str) -> list[tuple]:
@@ -48,16 +36,8 @@ def _query(db: str, sql: str) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def fresh_dbs():
-    names = {k: f"mlpipe_{k}_{uuid.uuid4().hex[:10]}" for k in ("mlflow", "auth", "prefect")}
-    try:
-        _admin("select 1")
-    except Exception as e:  # noqa: BLE001
-        need_service(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
-    for n in names.values():
-        _admin(f'create database "{n}"')
-    yield names
-    for n in names.values():
-        _admin(f'drop database if exists "{n}" with (force)')
+    with postgres_databases("mlflow", "auth", "prefect") as names:
+        yield names
 
 
 @pytest.fixture(scope="module")

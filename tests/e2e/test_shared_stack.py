@@ -23,11 +23,10 @@ from pathlib import Path
 import pytest
 
 from flows import servers
-from tests.conftest import BIN, REPO, need_service, write_params
+from tests.conftest import BIN, PG, REPO, postgres_databases, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
-PG = "postgresql://postgres@127.0.0.1:5432"
 POOL = "mlpipe-shared"
 N_TRIALS = 4
 TUNE = {
@@ -53,28 +52,10 @@ TINY = {
 PROJECTS = {"east": "sklearn:digits", "west": "sklearn:digits", "wine": "sklearn:wine"}
 
 
-def _admin(sql: str) -> None:
-    psycopg2 = pytest.importorskip("psycopg2")
-    con = psycopg2.connect(f"{PG}/postgres", connect_timeout=5)
-    con.autocommit = True
-    try:
-        con.cursor().execute(sql)
-    finally:
-        con.close()
-
-
 @pytest.fixture(scope="module")
 def dbs():
-    names = {k: f"mlpipe_{k}_{uuid.uuid4().hex[:10]}" for k in ("mlflow", "prefect", "optuna")}
-    try:
-        _admin("select 1")
-    except Exception as e:  # noqa: BLE001
-        need_service(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
-    for n in names.values():
-        _admin(f'create database "{n}"')
-    yield names
-    for n in names.values():
-        _admin(f'drop database if exists "{n}" with (force)')
+    with postgres_databases("mlflow", "prefect", "optuna") as names:
+        yield names
 
 
 @pytest.fixture(scope="module")
@@ -359,21 +340,15 @@ def test_stages_opening_a_fresh_optuna_database_at_once_all_succeed():
     RDBStorage; unserialised, one of them fails with a duplicate key."""
     import multiprocessing as mp
 
-    name = f"mlpipe_optuna_race_{uuid.uuid4().hex[:8]}"
-    try:
-        _admin("select 1")
-    except Exception as e:  # noqa: BLE001
-        need_service(f"PostgreSQL on 127.0.0.1:5432 not reachable: {e}")
-    _admin(f'create database "{name}"')
-    try:
+    with postgres_databases("optuna_race") as names:
         ctx = mp.get_context("fork")
         barrier, out = ctx.Barrier(4), ctx.Queue()
-        procs = [ctx.Process(target=_open_storage, args=(f"{PG}/{name}", barrier, out)) for _ in range(4)]
+        procs = [
+            ctx.Process(target=_open_storage, args=(f"{PG}/{names['optuna_race']}", barrier, out)) for _ in range(4)
+        ]
         for p in procs:
             p.start()
         results = [out.get(timeout=120) for _ in procs]
         for p in procs:
             p.join(30)
         assert results == ["ok"] * 4, results
-    finally:
-        _admin(f'drop database if exists "{name}" with (force)')
