@@ -5,7 +5,7 @@ a longer budget (`--long`, default 2x B), with the plan's degradations.
 
     python -m benchmarks.budget [--budget 3m] [--long 6m] [--images 5000] [--rows 50000] [--datasets images table]
     python -m benchmarks.budget --budget 15m --long 60m --images 20000 --rows 50000     # the issue's full measurement
-    python -m benchmarks.budget --smoke      (200 16x16 images, one 75 s budget, no long run)
+    python -m benchmarks.budget --smoke      (200 16x16 images, one 45 s budget, no long run)
 
 One JSON line per run, then a markdown table. The figures depend on the machine's load: the
 planner measures the model's epoch time at start and plans with what it sees."""
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     budgets = [a.budget, a.long or f"{2 * parse_duration(a.budget):g}s"]
     if a.smoke:
-        a.images, a.size, a.datasets, budgets = 200, 16, ["images"], ["75s"]
+        a.images, a.size, a.datasets, budgets = 200, 16, ["images"], ["45s"]
         a.sets += ["promote.accuracy_floor=0.0"]
     print(
         json.dumps(

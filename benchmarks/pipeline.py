@@ -2,7 +2,7 @@
 folder and store each repeat (Prefect's temporary API server start-up included).
 
     python -m benchmarks.pipeline [--repeats 3] [--seeds 1 2] [--set KEY=VALUE ...]
-    python -m benchmarks.pipeline --smoke     (one run: 1 training epoch; tune, cv and compress off)
+    python -m benchmarks.pipeline --smoke     (one run: 1 training epoch; tune, cv, compress, baseline, explain off)
 
 The project folders are scratch folders under $MLPIPE_BENCH_DIR (default /tmp), removed after."""
 
@@ -18,7 +18,14 @@ import statistics
 from benchmarks.common import REPO, SMOKE_HELP, loadavg, mlpipe_env, run_mlpipe, scratch, sets
 from flows.paths import Paths
 
-SMOKE = ["train.epochs=1", "tune.enabled=false", "cv.enabled=false", "compress.enabled=false"]
+SMOKE = [
+    "train.epochs=1",
+    "tune.enabled=false",
+    "cv.enabled=false",
+    "compress.enabled=false",
+    "baseline.enabled=false",
+    "explain.enabled=false",
+]
 
 
 def one_run(seed: int, overrides: list[str]) -> tuple[float, float]:

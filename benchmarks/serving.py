@@ -332,7 +332,7 @@ def main() -> None:
         if "latency" not in args.skip:
             bench_latency(project, versions, args)
         if "swap" not in args.skip:
-            for consistent in (True, False):
+            for consistent in (True,) if args.smoke else (True, False):  # smoke: the default mode only
                 bench_swap(project, versions, args, consistent)
         bench_score(project, args)
 

@@ -90,6 +90,21 @@ def postgres_databases(*kinds: str) -> Iterator[dict[str, str]]:
             pg_admin(f'drop database if exists "{n}" with (force)')
 
 
+# the stages that have their own end-to-end tests, off: a run of ingest, validate, augment, train, evaluate, register
+STAGES_OFF = (
+    "tune.enabled=false",
+    "cv.enabled=false",
+    "compress.enabled=false",
+    "baseline.enabled=false",
+    "explain.enabled=false",
+)
+
+
+def sets(*overrides: str) -> list[str]:
+    """KEY=VALUE overrides -> `mlpipe run` arguments (--set KEY=VALUE ...)."""
+    return [f"--set={kv}" for kv in overrides]
+
+
 def write_params(folder: Path, **sections) -> Path:
     """params.yaml with the repo's defaults, sections updated (shallowly per section)."""
     import yaml

@@ -29,8 +29,8 @@ FIGURES = {
         r"baseline stage: [\d.]+ s mean over 1 runs",
     ],
     "budget": [
-        r'"dataset": "images", "budget_s": 75.0, "wall_s": [\d.]+, "wall_over_budget": [\d.]+',
-        r"\| images \| 75 s \| \d+ s \| [\d.]+ \| [\d.]+ \|",
+        r'"dataset": "images", "budget_s": 45.0, "wall_s": [\d.]+, "wall_over_budget": [\d.]+',
+        r"\| images \| 45 s \| \d+ s \| [\d.]+ \| [\d.]+ \|",
     ],
     "compress": [
         r"\| int8 onnxruntime static \(pipeline\) \| [\d.]+ \|",

@@ -12,25 +12,16 @@ import time
 
 import pytest
 
-from tests.conftest import BIN, client_for
+from tests.conftest import BIN, STAGES_OFF, client_for, sets
 
 pytestmark = pytest.mark.slow
-SETS = [
-    "--set",
-    "tune.enabled=false",
-    "--set",
-    "cv.enabled=false",
-    "--set",
-    "compress.enabled=false",
-    "--set",
+SETS = sets(
+    *STAGES_OFF,
     "train.epochs=40",
-    "--set",
     "train.patience=40",
-    "--set",
     "train.checkpoint_min_seconds=0",
-    "--set",
     "promote.accuracy_floor=0.5",
-]
+)
 
 
 def start(project, env, log) -> subprocess.Popen:

@@ -11,23 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import BIN, cli, client_for
+from tests.conftest import BIN, STAGES_OFF, cli, client_for, sets
 
 pytestmark = pytest.mark.slow
-FAST = [
-    "--set",
-    "tune.enabled=false",
-    "--set",
-    "cv.enabled=false",
-    "--set",
-    "compress.enabled=false",
-    "--set",
-    "train.epochs=30",
-    "--set",
-    "promote.accuracy_floor=0.5",
-    "--set",
-    "model.hidden=[16]",
-]
+FAST = sets(*STAGES_OFF, "train.epochs=30", "promote.accuracy_floor=0.5", "model.hidden=[16]")
 
 
 def blobs_csv(path, labels: tuple[str, str, str], seed: int = 0) -> None:

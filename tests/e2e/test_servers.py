@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from flows import servers
-from tests.conftest import BIN, REPO, write_params
+from tests.conftest import BIN, REPO, STAGES_OFF, sets, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ CHROME_FLAGS = [
     "--virtual-time-budget=15000",
 ]
 # the spine, shrunk: no tuning, CV or compression, 2 epochs
-QUICK = [f"--set={kv}" for kv in ("train.epochs=2", "tune.enabled=false", "cv.enabled=false", "compress.enabled=false")]
+QUICK = sets("train.epochs=2", *STAGES_OFF)
 
 
 def _env(stack: dict, folder: Path) -> dict:

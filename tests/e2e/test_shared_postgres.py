@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from flows import servers
-from tests.conftest import BIN, PG, REPO, postgres_databases
+from tests.conftest import BIN, PG, REPO, STAGES_OFF, postgres_databases, sets
 
 pytestmark = pytest.mark.slow
 
@@ -94,9 +94,7 @@ def test_pipeline_on_postgres_servers(shared, fresh_dbs, tmp_path):
         "MLFLOW_TRACKING_USERNAME": "admin",
         "MLFLOW_TRACKING_PASSWORD": shared["password"],
     }
-    quick = [
-        f"--set={kv}" for kv in ("train.epochs=2", "tune.enabled=false", "cv.enabled=false", "compress.enabled=false")
-    ]
+    quick = sets("train.epochs=2", *STAGES_OFF)
     r = subprocess.run(
         [str(BIN / "mlpipe"), "run", *quick],
         cwd=tmp_path,

@@ -36,6 +36,8 @@ SHRUNK = {
     "cv": {"folds": 2},
     "model": {"hidden": [16]},
     "compress": {"enabled": False},
+    "baseline": {"enabled": False},
+    "explain": {"enabled": False},
     "promote": {"accuracy_floor": 0.5},
 }
 
