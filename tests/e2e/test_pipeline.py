@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flows.stages import BY_NAME as STAGES
-from tests.conftest import cli, client_for, make_images
+from tests.conftest import STAGES_OFF, cli, client_for, make_images, sets
 
 pytestmark = pytest.mark.slow
 # tuning, CV and compression have their own end-to-end tests; here they run as no-op stages
@@ -87,7 +87,7 @@ def test_flow_tracks_registers_gates_and_survives_bad_input(project, prefect_api
         "promote.accuracy_floor=0.5",
         "--set",
         "promote.tolerance=0.0",
-        *FAST,
+        *sets(*STAGES_OFF),
         cwd=project,
         env=api,
     )
