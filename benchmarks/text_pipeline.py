@@ -9,7 +9,9 @@ the same split; then mean and (sample) std over the seeds, and the per-seed diff
         [--results benchmarks/results/text-pipeline-MACHINE-DATE.jsonl] [--set KEY=VALUE ...]
     python -m benchmarks.text_pipeline --smoke     (a few files per family, 1 seed, tiny budgets)
 
-The Transformer's size is searched by the tuner (tune.d_model/heads/layers); --set adds any other override."""
+The Transformer's size is searched by the tuner (tune.d_model/heads/layers); --set adds any other override.
+With --trials 0 the tune stage is off and the Transformer is params.yaml's text default as written (model
+section, pooling mean); --folds 0 turns cv off; --train-epochs sets train.epochs (the budget)."""
 
 from __future__ import annotations
 
@@ -56,18 +58,21 @@ def overrides(a, seed: int) -> list[str]:
             "compress.enabled=false",
             "explain.enabled=false",
         ]
-    return common + [
-        f"data.vocab_size={a.vocab_size}",
-        f"data.max_length={a.max_length}",
-        f"tune.n_trials={a.trials}",
-        f"tune.epochs=[{a.epochs[0]}, {a.epochs[1]}]",
-        "tune.d_model=[64, 128]",
-        "tune.heads=[2, 4]",
-        "tune.layers=[1, 2]",
-        f"cv.folds={a.folds}",
-        "compress.variants=[int8]",
-        *a.set,
-    ]
+    out = common + [f"data.vocab_size={a.vocab_size}"] * bool(a.vocab_size)
+    out += [f"data.max_length={a.max_length}"] * bool(a.max_length)
+    out += [f"train.epochs={a.train_epochs}"] * bool(a.train_epochs)
+    if a.trials:
+        out += [
+            f"tune.n_trials={a.trials}",
+            f"tune.epochs=[{a.epochs[0]}, {a.epochs[1]}]",
+            "tune.d_model=[64, 128]",
+            "tune.heads=[2, 4]",
+            "tune.layers=[1, 2]",
+        ]
+    else:  # the Transformer as params.yaml writes it: the text defaults themselves
+        out.append("tune.enabled=false")
+    out.append(f"cv.folds={a.folds}" if a.folds else "cv.enabled=false")
+    return out + ["compress.variants=[int8]", *a.set]
 
 
 def one_seed(df, a, seed: int) -> dict:
@@ -115,11 +120,12 @@ def spread(values: list[float]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--trials", type=int, default=12, help="tune.n_trials per seed")
+    ap.add_argument("--trials", type=int, default=12, help="tune.n_trials per seed; 0: tune off (the defaults)")
     ap.add_argument("--epochs", type=int, nargs=2, default=[10, 20], help="tune.epochs range")
-    ap.add_argument("--folds", type=int, default=3, help="cv.folds")
-    ap.add_argument("--vocab-size", type=int, default=4000)
-    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--train-epochs", type=int, help="train.epochs (default: params.yaml's)")
+    ap.add_argument("--folds", type=int, default=3, help="cv.folds; 0: cv off")
+    ap.add_argument("--vocab-size", type=int, default=4000, help="data.vocab_size; 0: params.yaml's")
+    ap.add_argument("--max-length", type=int, default=128, help="data.max_length; 0: params.yaml's")
     ap.add_argument("--set", action="append", default=[], help="another config override KEY=VALUE (repeatable)")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     ap.add_argument("--results", type=Path, help="Append the per-seed and summary JSON lines to this file.")

@@ -10,7 +10,10 @@ recipe (train.Recipe.fit: augmentation as params.yaml says, one-cycle schedule),
 
 Per dataset and model: test accuracy and training seconds, mean and std over the seeds (the seed drives the
 split, the weights and the batches). The ViT: model.kind vit with the model section's d_model 128, 4 heads,
-2 layers, FFN 256, patch 4 (8x8 digits: 4 patches; 32x32: 64 patches); the CNN: the default (32, 64)."""
+2 layers, FFN 256, patch 4 (8x8 digits: 4 patches; 32x32: 64 patches), its convolutional stem and mean
+pooling (the defaults); vit-patch: the same with the original ViT's linear patch embedding and [CLS]
+pooling (model.stem patch, model.pooling cls), the ViT before issue 19's follow-up; the CNN: the default
+(32, 64)."""
 
 from __future__ import annotations
 
@@ -22,6 +25,13 @@ import time
 import numpy as np
 
 from benchmarks.common import SMOKE_HELP, loadavg, utc_now
+
+# name -> config overrides (before --set)
+VARIANTS = {
+    "cnn": ["model.kind=cnn"],
+    "vit": ["model.kind=vit"],
+    "vit-patch": ["model.kind=vit", "model.stem=patch", "model.pooling=cls"],
+}
 
 
 def shapes32(n: int, seed: int, size: int = 32):
@@ -75,15 +85,15 @@ def run(seeds: list[int], epochs: int, threads: int, rows: int, sets: list[str])
     torch.set_num_threads(threads)
     out = []
     for name in ("digits", "shapes32"):
-        results: dict[str, dict[str, list[float]]] = {k: {"acc": [], "s": []} for k in ("cnn", "vit")}
+        results: dict[str, dict[str, list[float]]] = {k: {"acc": [], "s": []} for k in VARIANTS}
         for seed in seeds:
             Xtr, ytr, Xte, yte, meta, value_range = _dataset(name, seed, rows)
-            for kind in ("cnn", "vit"):
+            for kind, extra in VARIANTS.items():
                 cfg = load_config(
                     None,
                     [
                         f"seed={seed}",
-                        f"model.kind={kind}",
+                        *extra,
                         f"train.epochs={epochs}",
                         f"train.num_threads={threads}",
                         "train.checkpoint_every=0",

@@ -145,7 +145,7 @@ def _encoder_args(cfg: ModelConfig, feature_shape, n_classes: int, arch: str, te
         "pooling": cfg.pooling,
     }
     if arch == "vit":
-        return {**args, "patch_size": cfg.patch_size}
+        return {**args, "patch_size": cfg.patch_size, "stem": cfg.stem}
     if not text or "vocab_size" not in text:
         raise MlpipeError("model.kind: transformer needs the text metadata of the prepared data (meta.text.vocab_size)")
     return {**args, "vocab_size": int(text["vocab_size"])}

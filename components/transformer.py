@@ -22,6 +22,7 @@ from components.errors import MlpipeError
 from components.text import CLS_ID, PAD_ID
 
 ARCHS = ("transformer", "vit")
+STEMS = ("patch", "conv")  # vit: how pixels become patch embeddings
 
 
 class Block(nn.Module):
@@ -141,7 +142,12 @@ class TextTransformer(Encoder):
 class ViT(Encoder):
     """Images (B, C, H, W) -> (B, n_classes): patch_size x patch_size patches (the image zero-padded at the
     bottom/right to a multiple of it), a learned [CLS] token and learned positions. `norm` standardizes the
-    input (models.ViT sets a fitted Standardize; here it is the identity)."""
+    input (models.ViT sets a fitted Standardize; here it is the identity).
+
+    stem "patch": each patch linearly embedded (one conv with kernel = stride = patch_size), the original ViT;
+    "conv": two 3x3 convolutions (d_model/2 channels, BatchNorm, GELU) at full resolution before that patch
+    embedding, the convolutional stem that lets ViTs learn from small data (Xiao et al. 2021, "Early
+    convolutions help transformers see better"; benchmarks/vit.py)."""
 
     def __init__(
         self,
@@ -156,13 +162,28 @@ class ViT(Encoder):
         pooling="cls",
         block_heads=None,
         block_ff=None,
+        stem="patch",
     ):
         super().__init__(n_classes, d_model, heads, layers, ff, dropout, pooling, block_heads, block_ff)
+        if stem not in STEMS:
+            raise MlpipeError(f"model.stem: {stem!r} is not one of {', '.join(STEMS)}")
         c, h, w = in_shape
         p = self.patch_size = int(patch_size)
         self.pad_h, self.pad_w = -h % p, -w % p
         n = math.ceil(h / p) * math.ceil(w / p)
         self.norm: nn.Module = nn.Identity()
+        self.stem: nn.Module = nn.Identity()
+        if stem == "conv":
+            mid = max(8, d_model // 2)
+            self.stem = nn.Sequential(
+                nn.Conv2d(c, mid, 3, padding=1, bias=False),
+                nn.BatchNorm2d(mid),
+                nn.GELU(),
+                nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+                nn.BatchNorm2d(mid),
+                nn.GELU(),
+            )
+            c = mid
         self.patch = nn.Conv2d(c, d_model, p, stride=p)
         self.cls = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos = nn.Parameter(torch.zeros(1, n + 1, d_model))
@@ -173,7 +194,7 @@ class ViT(Encoder):
         x = self.norm(x)
         if self.pad_h or self.pad_w:
             x = F.pad(x, (0, self.pad_w, 0, self.pad_h))
-        h = self.patch(x).flatten(2).transpose(1, 2)  # (B, n patches, D)
+        h = self.patch(self.stem(x)).flatten(2).transpose(1, 2)  # (B, n patches, D)
         cls = self.cls.to(h.dtype) + torch.zeros_like(h[:, :1])  # (B, 1, D); an exported batch axis stays dynamic
         h = torch.cat([cls, h], 1) + self.pos
         h = F.dropout(h, self.dropout, self.training)
