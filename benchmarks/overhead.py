@@ -4,6 +4,8 @@ same model class and training settings, 3 epochs, both in the same run.
     python -m benchmarks.overhead --rows 50000 200000 --images 5000 20000 [--repeats 1] [--validate-rows 50000 ...]
     python -m benchmarks.overhead --rows 50000 800000 --images 40000      # the issue's sizes
     python -m benchmarks.overhead --smoke
+    python -m benchmarks.overhead --rows 800000 --images --validate-rows >> R.jsonl   # one size at a time, then
+    python -m benchmarks.overhead --growth-from R.jsonl                          # the growth tables of them all
 
 Pipeline: `mlpipe run` in a fresh project with tune, cv, compress, baseline and explain off and
 augmentation off (the plain script does none of them), so both train the same model on the same rows;
@@ -11,10 +13,12 @@ ingest, validate, augment (policy only), train, evaluate and register run, Prefe
 included. Plain: benchmarks/plain_script.py in its own process. Each prints one JSON line per size: whole
 wall seconds of each, their ratio, the peak RSS of each whole process tree (sampled every 50 ms, children
 included), the prepared data's bytes and the bound 2 x prepared + 1 GB; then, per stage, its seconds (from
-the stage runs' start and end times in the project's MLflow store) at each size, and their ratio between
-sizes against the ratio of rows. First, validation's per-row facts (duplicates, leakage) against the per-row
-SHA-1 loop they replaced, at --validate-rows sizes (both must flag the same rows). Data: CSV with 40
-features and 5 classes (Gaussian blobs); 32 x 32 RGB PNGs of 4 classes (a class-coloured square on noise).
+the stage runs' start and end times in the project's MLflow store) and the tree's peak RSS while it ran
+(the samples inside those times) at each size, and their ratio between sizes against the ratio of rows
+(a table each, and one "overhead-growth" JSON line per kind). First, validation's per-row facts
+(duplicates, leakage) against the per-row SHA-1 loop they replaced, at --validate-rows sizes (both must flag
+the same rows). Data: CSV with 40 features and 5 classes (Gaussian blobs); 32 x 32 RGB PNGs of 4 classes
+(a class-coloured square on noise).
 Scratch folders under $MLPIPE_BENCH_DIR, removed after."""
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class TreePeak:
         import psutil
 
         self.proc, self.peak, self.every = psutil.Process(pid), 0, every
+        self.samples: list[tuple[float, int]] = []  # (epoch seconds, tree RSS bytes): per-stage peaks
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -96,6 +101,7 @@ class TreePeak:
             except psutil.Error:
                 break
             self.peak = max(self.peak, total)
+            self.samples.append((time.time(), total))
             self._stop.wait(self.every)
 
     def stop(self) -> int:
@@ -104,26 +110,45 @@ class TreePeak:
         return self.peak
 
 
-def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, int, str, float]:
-    """-> (wall seconds, peak tree RSS bytes, stdout, epoch start); exits with the output tail on failure."""
+def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, TreePeak, str, float]:
+    """-> (wall seconds, the tree's RSS sampler (stopped), stdout, epoch start); exits with the output tail
+    on failure."""
     start = time.time()
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = TreePeak(p.pid)
     out, _ = p.communicate()
     wall = time.perf_counter() - t0
-    rss = peak.stop()
+    peak.stop()
     if p.returncode != 0:
         sys.exit(f"{' '.join(map(str, cmd))} failed (exit {p.returncode}):\n{out[-4000:]}")
-    return wall, rss, out, start
+    return wall, peak, out, start
+
+
+def stage_times(db: Path) -> dict[str, tuple[float, float]]:
+    """Epoch start and end seconds of each stage run, from the project's MLflow store."""
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT name, start_time, end_time FROM runs WHERE end_time IS NOT NULL").fetchall()
+    return {n: (s / 1000, e / 1000) for n, s, e in rows if n in STAGES}
+
+
+def stage_rss(times: dict[str, tuple[float, float]], samples: list[tuple[float, int]]) -> dict[str, float]:
+    """Peak tree RSS (MB) sampled while each stage ran; before_first_stage: the peak before any did."""
+    out = {}
+    for n, (s, e) in sorted(times.items(), key=lambda kv: kv[1][0]):
+        inside = [r for t, r in samples if s <= t <= e]
+        out[n] = round(max(inside) / 2**20, 1) if inside else None
+    if times:
+        first = min(s for s, _ in times.values())
+        before = [r for t, r in samples if t < first]
+        out["before_first_stage"] = round(max(before) / 2**20, 1) if before else None
+    return out
 
 
 def stage_seconds(db: Path, start: float, wall: float) -> dict[str, float]:
     """Seconds of each stage run (MLflow's start and end times), and what lies outside them: before the
     first stage (imports, Prefect's server, config) and after the last (summary, shut-down)."""
-    with sqlite3.connect(db) as con:
-        rows = con.execute("SELECT name, start_time, end_time FROM runs WHERE end_time IS NOT NULL").fetchall()
-    got = {n: (s / 1000, e / 1000) for n, s, e in rows if n in STAGES}
+    got = stage_times(db)
     out = {n: round(e - s, 3) for n, (s, e) in sorted(got.items(), key=lambda kv: kv[1][0])}
     if got:
         first, last = min(s for s, _ in got.values()), max(e for _, e in got.values())
@@ -139,25 +164,26 @@ def pipeline(source: list[str], project: Path, epochs: int) -> dict:
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
     overrides = [*source, f"train.epochs={epochs}", *(f"{s}.enabled=false" for s in OFF)]
     cmd = [str(Path(sys.executable).parent / "mlpipe"), "run", *sets(overrides)]
-    wall, rss, out, start = timed(cmd, project, mlpipe_env(project))
+    wall, peak, out, start = timed(cmd, project, mlpipe_env(project))
     prepared = sum(f.stat().st_size for f in (project / "data" / "prepared").glob("*.npy"))
     acc = json.loads((project / "reports" / "eval" / "metrics.json").read_text())["test_accuracy"]
     return {
         "wall_s": round(wall, 2),
-        "peak_rss_mb": round(rss / 2**20, 1),
+        "peak_rss_mb": round(peak.peak / 2**20, 1),
         "prepared_mb": round(prepared / 2**20, 1),
         "test_accuracy": round(acc, 4),
         "stages_s": stage_seconds(project / "mlflow.db", start, wall),
+        "stages_peak_rss_mb": stage_rss(stage_times(project / "mlflow.db"), peak.samples),
     }
 
 
 def plain(source: str, project: Path, epochs: int) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.plain_script", source, "--out", str(project / "plain"), "--epochs"]
-    wall, rss, out, _ = timed([*cmd, str(epochs)], REPO, dict(os.environ))
+    wall, peak, out, _ = timed([*cmd, str(epochs)], REPO, dict(os.environ))
     res = json.loads(out.strip().splitlines()[-1])
     return {
         "wall_s": round(wall, 2),
-        "peak_rss_mb": round(rss / 2**20, 1),
+        "peak_rss_mb": round(peak.peak / 2**20, 1),
         "test_accuracy": round(res["test_accuracy"], 4),
         "parts_s": {k: round(v, 2) for k, v in res["seconds"].items()},
     }
@@ -194,6 +220,7 @@ def one_size(kind: str, n: int, epochs: int, repeats: int) -> dict:
         "repeats": repeats,
         "data_gen_s": round(made, 1),
         "ratio_wall": {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios)},
+        "loadavg": loadavg(),
         "pipeline_wall_s": [x["pipeline"]["wall_s"] for x in runs],
         "plain_wall_s": [x["plain"]["wall_s"] for x in runs],
         "pipeline_peak_rss_mb": max(x["pipeline"]["peak_rss_mb"] for x in runs),
@@ -201,6 +228,7 @@ def one_size(kind: str, n: int, epochs: int, repeats: int) -> dict:
         "prepared_mb": prepared,
         "rss_bound_mb": round(2 * prepared + 1024, 1),
         "stages_s": best["pipeline"]["stages_s"],
+        "stages_peak_rss_mb": best["pipeline"]["stages_peak_rss_mb"],
         "plain_parts_s": best["plain"]["parts_s"],
         "test_accuracy": {"pipeline": best["pipeline"]["test_accuracy"], "plain": best["plain"]["test_accuracy"]},
     }
@@ -253,21 +281,37 @@ def validate_rows(n: int, shape: tuple[int, ...], seed: int = 0) -> dict:
     }
 
 
-def growth(results: list[dict]) -> None:
-    """Per stage, seconds at each size and the ratio to the previous size (rows ratio alongside)."""
+def growth(results: list[dict]) -> list[dict]:
+    """Per stage, seconds and peak tree RSS at each size and the ratio to the previous size (rows ratio
+    alongside): printed as tables, returned as one JSON-able record per kind."""
+    out = []
     for kind in ("table", "image"):
         rs = sorted((r for r in results if r["kind"] == kind), key=lambda r: r["n"])
         if len(rs) < 2:
             continue
         names = [k for k in rs[-1]["stages_s"] if k in STAGES or k.endswith("stage") or k.startswith("between")]
         head = " | ".join(f"{r['n']:,}" for r in rs)
-        steps = " | ".join(f"x{b['n'] / a['n']:.0f}" for a, b in zip(rs, rs[1:]))
-        print(f"\n{kind}: stage seconds by rows, and their growth\n| stage | {head} | growth ({steps}) |")
-        print("|---|" + "---|" * len(rs) + "---|")
-        for s in names:
-            v = [r["stages_s"].get(s) for r in rs]
-            g = ", ".join(f"{b / a:.2f}x" if a and b else "-" for a, b in zip(v, v[1:]))
-            print(f"| {s} | " + " | ".join("-" if x is None else f"{x:.2f}" for x in v) + f" | {g} |")
+        steps = [round(b["n"] / a["n"], 2) for a, b in zip(rs, rs[1:])]
+        record = {"bench": "overhead-growth", "kind": kind, "n": [r["n"] for r in rs], "n_ratio": steps}
+        record.update({"stages_s": {}, "stages_s_ratio": {}, "stages_peak_rss_mb": {}, "stages_rss_ratio": {}})
+        for title, key in (("seconds", "stages_s"), ("peak tree RSS (MB)", "stages_peak_rss_mb")):
+            print(f"\n{kind}: stage {title} by rows, and their growth")
+            print(f"| stage | {head} | growth ({', '.join(f'x{x:g}' for x in steps)}) |")
+            print("|---|" + "---|" * len(rs) + "---|")
+            rkey = "stages_s_ratio" if key == "stages_s" else "stages_rss_ratio"
+            for s in names + ([] if key == "stages_s" else ["whole run"]):
+                v = [r["pipeline_peak_rss_mb"] if s == "whole run" else (r.get(key) or {}).get(s) for r in rs]
+                if all(x is None for x in v):  # outside the stages (RSS has no row there), or too short to sample
+                    continue
+                g = [round(b / a, 2) if a and b else None for a, b in zip(v, v[1:])]
+                record[key][s], record[rkey][s] = v, g
+                shown = ", ".join("-" if x is None else f"{x:.2f}x" for x in g)
+                print(f"| {s} | " + " | ".join("-" if x is None else f"{x:.2f}" for x in v) + f" | {shown} |")
+        record["whole_run_s"] = [float(np.median(r["pipeline_wall_s"])) for r in rs]
+        record["prepared_mb"] = [r["prepared_mb"] for r in rs]
+        out.append(record)
+        print(json.dumps(record), flush=True)
+    return out
 
 
 def main() -> None:
@@ -286,7 +330,20 @@ def main() -> None:
         help="sizes (40-feature rows) for validation's per-row facts vs the SHA-1 loop; 32x32 RGB at a twentieth",
     )
     ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP}: 2,000 rows, 1 epoch, no images")
+    ap.add_argument(
+        "--growth-from",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="no runs: the growth tables of the size lines in these files (earlier runs' output, a size a run)",
+    )
     args = ap.parse_args()
+    if args.growth_from is not None:
+        found = [
+            json.loads(line) for f in args.growth_from for line in f.read_text().splitlines() if line.startswith("{")
+        ]
+        growth([r for r in found if r.get("bench") == "overhead" and "stages_s" in r])
+        return
     if args.smoke:
         args.rows, args.images, args.epochs, args.repeats, args.validate_rows = [2_000], [], 1, 1, [2_000]
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, {utc_now()}, loadavg before: {loadavg()}")

@@ -1,5 +1,11 @@
 """Ingest: a source URI -> the prepared dataset (stratified split, float32 X, int64 y, meta).
 
+ingest_to streams a source into the prepared folder: the labels first (a CSV's label column, a folder's
+names), the split from them, then the features a block at a time (CSV chunks, parquet batches, one image)
+straight to their rows of memory-mapped X_train.npy / X_test.npy in a temp folder renamed into place at
+the end; the content hash is read back a chunk at a time. So ingest holds about one block, not copies
+of the data. split() is the same split of an array in memory (text sources use it on row numbers).
+
 Prepared layout (the contract every later stage reads):
     X_train.npy (N, *feature_shape) float32   y_train.npy (N,) int64
     X_test.npy                                y_test.npy
@@ -10,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -152,7 +160,8 @@ def read_image(path: Path, size: tuple[int, int], grayscale: bool, max_pixels: i
     return arr[None] if grayscale else arr.transpose(2, 0, 1)
 
 
-def load_imagefolder(root: Path, size: tuple[int, int], grayscale: bool, max_pixels: int) -> Raw:
+def image_files(root: Path) -> list[tuple[Path, str]]:
+    """(file, class) of every PNG/JPEG of an image folder (class per sub-folder), in reading order."""
     _need_file(root, "image folder")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if not class_dirs:
@@ -160,6 +169,11 @@ def load_imagefolder(root: Path, size: tuple[int, int], grayscale: bool, max_pix
     files = [(f, d.name) for d in class_dirs for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DataError(f"{root}: no PNG/JPEG images found in {len(class_dirs)} class folders")
+    return files
+
+
+def load_imagefolder(root: Path, size: tuple[int, int], grayscale: bool, max_pixels: int) -> Raw:
+    files = image_files(root)
     X = np.empty((len(files), 1 if grayscale else 3, *size), np.float32)  # decoded one at a time into place
     for i, (f, _) in enumerate(files):
         X[i] = read_image(f, size, grayscale, max_pixels)
@@ -248,10 +262,14 @@ def content_hash(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def split(raw: Raw, cfg: DataConfig, seed: int, classes: list[str] | None = None) -> Prepared:
+def plan_split(
+    labels: np.ndarray, cfg: DataConfig, seed: int, classes: list[str] | None = None
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Labels -> (codes, classes, train rows, test rows): the stratified, seeded split. The rows are those
+    train_test_split(X, y, ...) takes for X_train and X_test: it draws them from y and the row count alone."""
     from sklearn.model_selection import train_test_split
 
-    y, classes = encode_labels(raw.labels, classes)
+    y, classes = encode_labels(labels, classes)
     known = y >= 0
     counts = np.bincount(y[known], minlength=len(classes))
     too_few = {classes[i]: int(c) for i, c in enumerate(counts) if c < MIN_PER_CLASS}
@@ -263,33 +281,270 @@ def split(raw: Raw, cfg: DataConfig, seed: int, classes: list[str] | None = None
     if len(classes) < 2:
         raise DataError(f"{cfg.source}: need at least 2 classes, found {classes}")
     try:
-        Xtr, Xte, ytr, yte = train_test_split(raw.X, y, test_size=cfg.test_size, random_state=seed, stratify=y)
+        tr, te = train_test_split(np.arange(len(y)), test_size=cfg.test_size, random_state=seed, stratify=y)
     except ValueError as e:
         raise DataError(f"{cfg.source}: cannot split with data.test_size={cfg.test_size}: {e}") from None
-    meta = Meta(
+    return y, classes, tr, te
+
+
+def _meta(cfg: DataConfig, seed: int, kind: str, feature_shape, classes, ytr, yte, value_range, digest, names) -> Meta:
+    counts = np.bincount(ytr[ytr >= 0], minlength=len(classes))
+    return Meta(
         source=cfg.source,
-        kind=raw.kind,
-        feature_shape=list(raw.X.shape[1:]),
+        kind=kind,
+        feature_shape=list(feature_shape),
         classes=classes,
         n_train=len(ytr),
         n_test=len(yte),
-        class_counts={c: int((ytr == i).sum()) for i, c in enumerate(classes)},
-        value_range=list(raw.value_range) if raw.value_range else None,
-        content_hash=content_hash(Xtr, ytr, Xte, yte),
+        class_counts={c: int(counts[i]) for i, c in enumerate(classes)},
+        value_range=list(value_range) if value_range else None,
+        content_hash=digest,
         seed=seed,
         test_size=cfg.test_size,
-        feature_names=raw.feature_names,
+        feature_names=names,
     )
+
+
+def split(raw: Raw, cfg: DataConfig, seed: int, classes: list[str] | None = None) -> Prepared:
+    """The split of an array in memory (ingest_to writes the same arrays without holding them)."""
+    y, classes, tr, te = plan_split(raw.labels, cfg, seed, classes)
+    Xtr, Xte, ytr, yte = raw.X[tr], raw.X[te], y[tr], y[te]
+    digest = content_hash(Xtr, ytr, Xte, yte)
+    meta = _meta(cfg, seed, raw.kind, raw.X.shape[1:], classes, ytr, yte, raw.value_range, digest, raw.feature_names)
     return Prepared(Xtr, ytr, Xte, yte, meta)
 
 
-def ingest(cfg: DataConfig, seed: int, classes: list[str] | None = None) -> Prepared:
-    """Images and tables; a text source (textfolder:, or csv/parquet with data.text_column) is
-    components/textdata.ingest (the ingest stage picks)."""
+# ------------------------------------------------------------------ streaming ingest
+
+
+BLOCK_BYTES = 32 << 20  # a block of features (a parquet batch, a CSV chunk's parse) of about this many bytes
+PARSE_BYTES = 48  # pandas' CSV tokenizer per field of a chunk: the text, two word arrays, their doubling
+
+
+@dataclass
+class Stream:
+    """A source read a block at a time: its row count, feature shape and labels up front, then blocks()
+    -> (first row, float32 block of rows) in row order."""
+
+    n: int
+    feature_shape: tuple[int, ...]
+    labels: np.ndarray
+    kind: str
+    value_range: tuple[float, float] | None
+    blocks: Callable[[], Iterator[tuple[int, np.ndarray]]]
+    feature_names: list[str] | None = None
+
+
+class _Reread(Exception):
+    """The features do not parse as float32 a block at a time: read the table whole with pandas' own types
+    (load_table names the column that is not numeric, or converts what pandas counts as numeric)."""
+
+
+def _array_stream(raw: Raw) -> Stream:
+    X = raw.X
+    step = max(1, BLOCK_BYTES // max(1, X[:1].nbytes))
+
+    def blocks():
+        for i in range(0, len(X), step):
+            yield i, X[i : i + step]
+
+    return Stream(len(X), X.shape[1:], raw.labels, raw.kind, raw.value_range, blocks, raw.feature_names)
+
+
+def _image_stream(root: Path, size: tuple[int, int], grayscale: bool, max_pixels: int) -> Stream:
+    files = image_files(root)
+
+    def blocks():
+        for i, (f, _) in enumerate(files):
+            yield i, read_image(f, size, grayscale, max_pixels)[None]
+
+    labels = np.array([label for _, label in files])
+    return Stream(len(files), (1 if grayscale else 3, *size), labels, "image", (0.0, 1.0), blocks)
+
+
+def _check_labels(path: Path, labels, label_column: str) -> np.ndarray:
+    import pandas as pd
+
+    labels = pd.Series(labels)
+    if labels.empty:
+        raise DataError(f"{path}: dataset is empty (0 rows)")
+    if labels.isna().any():
+        rows = labels.index[labels.isna()].tolist()[:5]
+        raise DataError(f"{path}: label column {label_column!r} has missing values (rows {rows})")
+    return labels.to_numpy()
+
+
+def _float32_block(frame, path: Path) -> np.ndarray:
+    import pandas as pd
+
+    if not all(pd.api.types.is_numeric_dtype(t) for t in frame.dtypes):
+        raise _Reread(path)
+    return frame.to_numpy(np.float32)
+
+
+def _csv_stream(path: Path, label_column: str) -> Stream:
+    """Labels from the label column alone, then the features in chunks parsed straight to float32 (the
+    values load_table reads)."""
+    import pandas as pd
+
+    try:
+        columns = list(pd.read_csv(path, nrows=0).columns)
+    except Exception as e:  # noqa: BLE001 - pandas raises many types for unreadable files
+        raise DataError(f"{path}: cannot read as csv ({type(e).__name__}: {e})") from None
+    if label_column not in columns:
+        raise DataError(f"{path}: label column {label_column!r} (data.label_column) not found; columns are {columns}")
+    if len(set(columns)) != len(columns):
+        raise _Reread(path)  # duplicate names (pandas renames them): as load_table reads them
+    names = [c for c in columns if c != label_column]
+    step = max(64, BLOCK_BYTES // (PARSE_BYTES * len(columns)))
+    try:  # in chunks too (the parser's buffers grow with the rows of a read); concat unifies their types
+        with pd.read_csv(path, usecols=[label_column], chunksize=step) as reader:
+            parts = [chunk[label_column] for chunk in reader]
+        labels = pd.concat(parts, ignore_index=True) if parts else pd.Series([], dtype=object)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{path}: cannot read as csv ({type(e).__name__}: {e})") from None
+    labels = _check_labels(path, labels, label_column)
+
+    def blocks():
+        dtypes = {c: np.float32 for c in names}
+        try:
+            reader = pd.read_csv(path, usecols=names, dtype=dtypes, chunksize=step) if names else None
+            if reader is None:  # no feature columns: rows of nothing
+                yield 0, np.zeros((len(labels), 0), np.float32)
+                return
+            first = 0
+            with reader:
+                for chunk in reader:
+                    yield first, _float32_block(chunk, path)
+                    first += len(chunk)
+        except pd.errors.ParserError as e:  # a malformed file (or its parse out of memory)
+            raise DataError(f"{path}: cannot read as csv ({type(e).__name__}: {e})") from None
+        except (ValueError, TypeError):  # a value that is not a float32: the whole read names it
+            raise _Reread(path) from None
+
+    return Stream(len(labels), (len(names),), labels, "tabular", None, blocks, list(map(str, names)))
+
+
+def _parquet_stream(path: Path, label_column: str) -> Stream:
+    """Labels from the label column alone, then the features in record batches (pyarrow)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        index = [c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)]
+        columns = [c for c in schema.names if c not in index]
+        if label_column not in columns:
+            raise DataError(
+                f"{path}: label column {label_column!r} (data.label_column) not found; columns are {columns}"
+            )
+        labels = pd.read_parquet(path, columns=[label_column])[label_column].reset_index(drop=True)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for unreadable files
+        raise DataError(f"{path}: cannot read as parquet ({type(e).__name__}: {e})") from None
+    labels = _check_labels(path, labels, label_column)
+    names = [c for c in columns if c != label_column]
+    step = max(1024, BLOCK_BYTES // (4 * max(1, len(names))))
+
+    def blocks():
+        if not names:
+            yield 0, np.zeros((len(labels), 0), np.float32)
+            return
+        first = 0
+        try:
+            for batch in pf.iter_batches(batch_size=step, columns=names):
+                block = _float32_block(batch.to_pandas()[names], path)
+                yield first, block
+                first += len(block)
+        except (ValueError, TypeError):
+            raise _Reread(path) from None
+
+    return Stream(len(labels), (len(names),), labels, "tabular", None, blocks, list(map(str, names)))
+
+
+def open_stream(cfg: DataConfig) -> Stream:
+    scheme, rest = parse_source(cfg.source)
+    if scheme == "sklearn":
+        return _array_stream(load_sklearn(rest))
+    if scheme == "npz":
+        return _array_stream(load_npz(Path(rest)))
+    if scheme == "imagefolder":
+        return _image_stream(Path(rest), tuple(cfg.image_size), cfg.grayscale, cfg.max_pixels)
+    path = _need_file(Path(rest), f"{scheme} file")
+    return _csv_stream(path, cfg.label_column) if scheme == "csv" else _parquet_stream(path, cfg.label_column)
+
+
+def _write_stream(s: Stream, cfg: DataConfig, seed: int, out: Path, classes: list[str] | None) -> Meta:
+    if s.n == 0:
+        raise DataError(f"{cfg.source}: dataset is empty (0 rows)")
+    try:
+        y, classes, tr, te = plan_split(s.labels, cfg, seed, classes)
+    except DataError:
+        for _ in s.blocks():  # an unreadable image or a non-numeric column is reported first, as a whole read does
+            pass
+        raise
+    where = np.empty(s.n, np.int64)  # each source row's row in its split
+    where[tr], where[te] = np.arange(len(tr)), np.arange(len(te))
+    to_train = np.zeros(s.n, bool)
+    to_train[tr] = True
+    ytr, yte = y[tr], y[te]
+    with atomic_dir(out) as tmp:  # a failure leaves the old prepared folder, or none, never half of one
+        fmt = np.lib.format
+        Xtr = fmt.open_memmap(tmp / "X_train.npy", "w+", np.float32, (len(tr), *s.feature_shape))
+        Xte = fmt.open_memmap(tmp / "X_test.npy", "w+", np.float32, (len(te), *s.feature_shape))
+        seen = 0
+        for first, block in s.blocks():
+            if first + len(block) > s.n:
+                break
+            m, w = to_train[first : first + len(block)], where[first : first + len(block)]
+            if m.all():
+                Xtr[w] = block
+            elif not m.any():
+                Xte[w] = block
+            else:
+                Xtr[w[m]], Xte[w[~m]] = block[m], block[~m]
+            seen = first + len(block)
+        if seen != s.n:
+            raise DataError(f"{cfg.source}: read {seen:,} rows of features but {s.n:,} labels (did the file change?)")
+        Xtr.flush()
+        Xte.flush()
+        np.save(tmp / "y_train.npy", ytr)
+        np.save(tmp / "y_test.npy", yte)
+        digest = content_hash(Xtr, ytr, Xte, yte)  # read back a chunk at a time
+        del Xtr, Xte
+        meta = _meta(cfg, seed, s.kind, s.feature_shape, classes, ytr, yte, s.value_range, digest, s.feature_names)
+        (tmp / "meta.json").write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    return meta
+
+
+def _not_text(cfg: DataConfig) -> None:
     scheme, _ = parse_source(cfg.source)
     if scheme == "textfolder" or (scheme in ("csv", "parquet") and cfg.text_column is not None):
         raise DataError(f"data.source {cfg.source!r}: a text source; ingest it with components.textdata.ingest")
-    return split(load_source(cfg), cfg, seed, classes)
+
+
+def ingest_to(cfg: DataConfig, seed: int, out: Path, classes: list[str] | None = None) -> Meta:
+    """Images and tables -> the prepared folder `out` (written whole or not at all), streamed: about one
+    block of the data in memory besides the mapped output files. The files are those save_prepared writes
+    for ingest's arrays."""
+    _not_text(cfg)
+    out = Path(out)
+    try:
+        return _write_stream(open_stream(cfg), cfg, seed, out, classes)
+    except _Reread:  # features pandas does not parse as float32 chunk by chunk: the whole read decides
+        scheme, rest = parse_source(cfg.source)
+        return _write_stream(_array_stream(load_table(scheme, Path(rest), cfg.label_column)), cfg, seed, out, classes)
+
+
+def ingest(cfg: DataConfig, seed: int, classes: list[str] | None = None) -> Prepared:
+    """Images and tables, in memory: ingest_to a temp folder, read back. A text source (textfolder:, or
+    csv/parquet with data.text_column) is components/textdata.ingest (the ingest stage picks)."""
+    _not_text(cfg)
+    with tempfile.TemporaryDirectory(prefix="mlpipe-ingest-") as tmp:
+        ingest_to(cfg, seed, Path(tmp) / "prepared", classes)
+        return load_prepared(Path(tmp) / "prepared")
 
 
 def save_prepared(ds: Prepared, out: Path) -> None:

@@ -26,8 +26,13 @@ def _json(path: Path) -> dict | None:
 
 
 def data_facts(ds: data.Prepared) -> dict:
+    """From meta.json and the test labels; the training split's class counts are meta's (ingest counted
+    them), so a mapped X_train / y_train is not read."""
     m = ds.meta
     k = len(m.classes)
+    train_counts = dict(m.class_counts or {})
+    if set(train_counts) != set(m.classes):  # a meta.json written without them
+        train_counts = dict(zip(m.classes, np.bincount(np.asarray(ds.y_train), minlength=k).tolist()))
     return {
         "source": m.source,
         "kind": m.kind,
@@ -35,7 +40,7 @@ def data_facts(ds: data.Prepared) -> dict:
         "feature_shape": list(m.feature_shape),
         "n_train": m.n_train,
         "n_test": m.n_test,
-        "train_counts": dict(zip(m.classes, np.bincount(ds.y_train, minlength=k).tolist())),
+        "train_counts": {c: int(train_counts[c]) for c in m.classes},
         "test_counts": dict(zip(m.classes, np.bincount(ds.y_test, minlength=k).tolist())),
         "data_hash": m.content_hash,
         "value_range": m.value_range,

@@ -1,4 +1,8 @@
-"""ingest: the configured source -> data/prepared (train/test arrays, meta.json with the content hash)."""
+"""ingest: the configured source -> data/prepared (train/test arrays, meta.json with the content hash).
+
+Images and tables stream into the folder (components/data.ingest_to: a block at a time, never the whole
+source in memory); what is logged afterwards reads the written arrays memory-mapped. Text sources are
+tokenised in memory (components/textdata.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +13,12 @@ from flows.paths import Paths
 
 def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
     with tracking.stage_run("ingest", parent):
-        read = textdata.ingest if textdata.is_text(cfg.data) else data.ingest
-        ds = read(cfg.data, cfg.seed, list(cfg.data.classes) if cfg.data.classes else None)
-        data.save_prepared(ds, paths.prepared)
+        classes = list(cfg.data.classes) if cfg.data.classes else None
+        if textdata.is_text(cfg.data):
+            data.save_prepared(textdata.ingest(cfg.data, cfg.seed, classes), paths.prepared)
+        else:
+            data.ingest_to(cfg.data, cfg.seed, paths.prepared, classes)
+        ds = data.load_prepared(paths.prepared, mmap=True)
         m = ds.meta
         tracking.log_params(
             {"source": m.source, "kind": m.kind, "feature_shape": m.feature_shape, "n_classes": m.n_classes}

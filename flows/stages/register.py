@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from components import data, gate, measure, registry, textdata, tracking
 from components.config import Config
 from components.fileio import file_lock, write_json
@@ -26,7 +28,10 @@ def run(cfg: Config, paths: Paths, parent: str | None = None) -> dict:
     measured on the current test set, as registered, under a lock. reports/promotion.json is
     written from the registry afterwards."""
     with promotion_slot(), tracking.stage_run("register", parent) as run_id:
-        ds = data.load_prepared(paths.prepared)
+        # mapped: the training split stays on disk (a sample of its rows is the drift reference); the test
+        # split is read once, whole, as every version the gate weighs is scored on it
+        ds = data.load_prepared(paths.prepared, mmap=True)
+        ds.X_test, ds.y_test = np.array(ds.X_test), np.array(ds.y_test)
         metrics = json.loads(paths.eval_metrics.read_text())
         name = cfg.promote.model_name or f"mlpipe-{data.dataset_name(ds.meta.source)}"
         rows, table_note = candidates(

@@ -359,3 +359,49 @@ def test_a_run_uses_the_prefect_server_of_mlpipe_serve(tmp_path, monkeypatch):
         assert cli._use_served_prefect() is None and "PREFECT_API_URL" not in os.environ
     finally:
         httpd.shutdown()
+
+
+def _big_csv(path, rows: int, features: int, seed: int = 0) -> None:
+    """rows x features of 4-decimal values plus a text label: a block of 1,000 distinct rows written again
+    and again (fast to write; repeated rows are validation's concern, not ingest's)."""
+    rng = np.random.default_rng(seed)
+    block = rng.normal(size=(1000, features)).astype(np.float32)
+    labels = np.array(["cat", "dog", "eel"])[np.arange(1000) % 3]
+    lines = "".join(",".join(f"{v:.4f}" for v in row) + f",{lab}\n" for row, lab in zip(block, labels))
+    with open(path, "w") as f:
+        f.write(",".join(f"f{i}" for i in range(features)) + ",label\n")
+        for _ in range(rows // 1000):
+            f.write(lines)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and /proc: Linux")
+def test_ingest_streams_a_csv_larger_than_its_memory_limit(tmp_path, monkeypatch):
+    """A CSV whose float32 features are 4/3 of the memory a child process may allocate (the CSV itself
+    twice that): ingest_to reads it in chunks into the mapped prepared arrays, and writes what the
+    in-memory split holds (same arrays, same meta and content hash). The same limit refuses the in-memory
+    read. (The streaming read needs about 15-20 MB here, the CSV parser's transients included.)"""
+    import torch  # noqa: F401 - imported once here, not in each child
+    from sklearn.model_selection import train_test_split  # noqa: F401 - imported before the limit, as the stage has
+
+    from components.config import load_config
+
+    rows, features = 50_000, 256  # 51 MB of float32 (the CSV: 84 MB)
+    path = tmp_path / "big.csv"
+    _big_csv(path, rows, features)
+    cfg = load_config(None, [f"data.source=csv:{path}"]).data
+    cap = rows * features * 4 * 3 // 4
+    monkeypatch.setattr(data, "BLOCK_BYTES", 16 << 20)  # 16 MB per chunk's parse: 1,360 rows (the default 32 MB)
+    out = tmp_path / "prepared"
+
+    refused = _in_capped_child(lambda: data.split(data.load_source(cfg), cfg, 0).meta.n_train, cap)
+    error = refused.get("error", "")
+    assert "MemoryError" in error or "C error: out of memory" in error, refused  # the limit bites the whole read
+    got = _in_capped_child(lambda: data.ingest_to(cfg, 0, out).content_hash, cap)
+    assert "ok" in got, got.get("error")
+    want = data.split(data.load_source(cfg), cfg, 0)
+    assert got["ok"] == want.meta.content_hash
+    back = data.load_prepared(out, mmap=True)
+    assert back.meta == want.meta and back.X_train.shape == (40_000, features)
+    for name in ("X_train", "X_test", "y_train", "y_test"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(want, name))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv", "prepared"]  # no temp folder left
