@@ -1,6 +1,6 @@
 """The model card of a registered version: a pure function from a dict of facts to Markdown.
 
-flows/cards.py gathers the facts at registration (the prepared data, reports/eval, reports/cv, the
+flows/stages/cards.py gathers the facts at registration (the prepared data, reports/eval, reports/cv, the
 version's predictions on the test split, the compression table, the gate's tags, the attributions)
 and sets the card as the version's description, so the MLflow model page shows it.
 
@@ -80,7 +80,13 @@ def limits(facts: dict) -> list[str]:
             f"{d.get('source')}); inputs outside its value range {d.get('value_range')} are untested"
         )
     out.append("drift: not known at registration (new data is compared with the training rows when it is scored)")
-    out.append("text data: not supported (there is no text modality yet)")
+    if d.get("kind") == "text":
+        out.append(
+            "text: inputs are tokenized by the tokenizer fitted on the training rows and cut at its max_length; "
+            "wording unlike the training texts is not measured here"
+        )
+    else:
+        out.append(f"inputs: {d.get('kind', 'array')} data only; raw text is not accepted")
     return out
 
 

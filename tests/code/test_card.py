@@ -73,7 +73,7 @@ def test_card_says_data_metrics_with_spread_classes_decision_attributions_and_li
     assert "| f2 | 0.3000 | 0.0500 |" in text and "![importance](get-artifact?path=explain/importance.png" in text
     # known limits: the class with 5 test rows, the small class (20 < 0.5 x median 100), text
     assert "fewer than 10 test rows (their per-class figures rest on few rows): rare (5)" in text
-    assert "training rows: rare (20)" in text and "text data: not supported" in text
+    assert "training rows: rare (20)" in text and "raw text is not accepted" in text
     assert "`mlpipe lineage models:/mlpipe-toy/3`" in text
 
 
@@ -148,3 +148,10 @@ def test_the_experiment_link_opens_its_runs_as_model_training():
     assert {"metrics.`test_accuracy`", "metrics.`cv_accuracy_std`", "tags.`mlpipe.promoted`"} <= set(
         view["selectedColumns"]
     )
+
+
+def test_card_of_a_text_model_names_its_tokenizer_limit():
+    f = facts()
+    f["data"] = {**f["data"], "kind": "text"}
+    text = card.render(f)
+    assert "tokenized by the tokenizer fitted on the training rows" in text and "raw text is not accepted" not in text

@@ -192,7 +192,7 @@ def test_card_metrics_equal_the_evaluation_and_the_card_is_logged(project, versi
         precision = cm[i, i] / max(cm[:, i].sum(), 1)
         assert per_class[c][:2] == [f"{precision:.3f}", f"{cm[i, i] / cm[i].sum():.3f}"], c
         assert per_class[c][3] == str(cm[i].sum())
-    assert "## The gate's decision" in desc and "## Known limits" in desc and "text data: not supported" in desc
+    assert "## The gate's decision" in desc and "## Known limits" in desc and "raw text is not accepted" in desc
     # the same card is an artefact of the register run, which the version's tag names
     uri = v.tags["mlpipe.card"]
     run_id, path = uri.removeprefix("runs:/").split("/", 1)
