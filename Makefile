@@ -7,7 +7,7 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup run test test-fast lint repro ui clean browser serve stop
+.PHONY: setup run test test-fast bench-smoke lint repro ui clean browser serve stop
 
 # torch first, with the venv's own pip: it takes the CPU wheel on disk (a newer pip, uv or
 # poetry would download a multi-GB CUDA build). Do not upgrade pip in the venv.
@@ -41,10 +41,15 @@ lint: setup
 	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) infra/k8s/*.yaml
 
 test: setup browser lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 -m "not bench"
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow and not bench"
+
+# Every benchmark module's --smoke run (tests/code/test_benchmarks.py, marked bench): the scripts still run and
+# print their figures. Kept out of `make test` (about 4.5 min of two runs at a time on 2 cores); CI runs both.
+bench-smoke: setup
+	$(BIN)/python -m pytest -q -m bench tests/code/test_benchmarks.py
 
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

@@ -20,6 +20,8 @@ import pytest
 import benchmarks
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.bench  # `make bench-smoke` (CI runs it after `make test`)
+
 MODULES = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name not in benchmarks.HELPERS)
 
 # what each smoke run must print: its figures (the values mean nothing at smoke sizes)

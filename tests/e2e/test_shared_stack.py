@@ -159,7 +159,6 @@ def test_the_runs_ran_at_once_on_both_workers(stack, runs):
 
     with temporary_settings({PREFECT_API_URL: stack["prefect"]}), get_client(sync_client=True) as client:
         fr = {name: client.read_flow_run(i) for name, i in runs["ids"].items()}
-    assert "worker-1" in runs["logs"] and "worker-2" in runs["logs"]
     by_worker = {
         i: [
             name
