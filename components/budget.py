@@ -229,7 +229,7 @@ def _fit(
         p.seconds["compress"] = sum(costs.variant_s.get(v, 0.0) for v in variants)
     if need() > avail and train_on:
         p.degradations.append(
-            f"over budget: the smallest run needs ~{need() + costs.tail_s:.0f} s, {left_s:.0f} s were left"
+            f"over budget: the smallest run needs ~{need() + costs.tail_s:.0f} s, {max(left_s, 0.0):.0f} s were left"
         )
     return p, fits
 
