@@ -209,6 +209,7 @@ def _in_capped_child(fn, cap_bytes: int):
     grow by at most cap_bytes -> what fn returned (JSON), or the child's error. RLIMIT_DATA, not RLIMIT_AS:
     a read-only file mapping (np.load with mmap_mode="r") is not counted, while RLIMIT_AS would refuse the
     mapping itself. A fork, not a fresh interpreter: the imports are already paid (~15 s of this test)."""
+    import ctypes
     import os
     import resource
     import traceback
@@ -222,6 +223,11 @@ def _in_capped_child(fn, cap_bytes: int):
             import torch
 
             torch.set_num_threads(1)  # no OpenMP pool in a forked child
+            # every allocation of 128 KiB or more a fresh mapping, counted against the limit: otherwise the
+            # free heap this worker's earlier tests left (already counted) serves it, and the cap does not bite
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD
+            libc.malloc_trim(0)  # and what can be given back of that free heap, given back
             limit = _data_kb() * 1024 + cap_bytes
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
             out = {"ok": fn()}
